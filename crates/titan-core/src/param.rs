@@ -1,0 +1,283 @@
+//! Parameters: a name (torchtitan's FQN), a shape, an init rule, an f32 master copy, the
+//! compute-dtype copy that forward and backward read, and an f32 gradient.
+//!
+//! A parameter may exist without storage (shape-only, for model descriptions and memory
+//! estimates), with a master but no compute copy (a sharding strategy released it), or fully
+//! materialized. Modules read only [`Param::compute`] and write only [`Param::accumulate_grad`];
+//! who owns the master (a single process, or FSDP shards) is not their business.
+
+use candle_core::{DType, Device, Shape, Tensor};
+
+use crate::rng::CounterRng;
+use crate::{Error, Result};
+
+/// How a parameter's initial values are drawn (torchtitan's init rules).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Init {
+    /// All zeros.
+    Zeros,
+    /// All ones (norm weights).
+    Ones,
+    /// `normal_(0, std)`.
+    Normal { std: f64 },
+    /// `trunc_normal_(0, std, a, b)` with absolute cutoffs `a`, `b`.
+    TruncNormal { std: f64, a: f64, b: f64 },
+}
+
+impl Init {
+    /// torchtitan's `trunc_normal_(std=std)` with PyTorch's default cutoffs -2 and 2.
+    pub fn trunc_normal(std: f64) -> Self {
+        Init::TruncNormal { std, a: -2.0, b: 2.0 }
+    }
+
+    /// The standard deviation this rule targets (0 for constants), for init statistics tests.
+    pub fn std(&self) -> f64 {
+        match self {
+            Init::Zeros | Init::Ones => 0.0,
+            Init::Normal { std } | Init::TruncNormal { std, .. } => *std,
+        }
+    }
+
+    /// Values for flat elements `[start, start + out.len())` of the parameter named `name`.
+    /// Element values depend only on `(seed, name, index)`, so any shard can be drawn alone.
+    pub fn fill(&self, seed: u64, name: &str, start: u64, out: &mut [f32]) {
+        let rng = CounterRng::for_param(seed, name);
+        let fill_range = |chunk_start: u64, chunk: &mut [f32]| match *self {
+            Init::Zeros => chunk.fill(0.0),
+            Init::Ones => chunk.fill(1.0),
+            Init::Normal { std } => {
+                for (j, v) in chunk.iter_mut().enumerate() {
+                    *v = (std * rng.normal(chunk_start + j as u64, 0)) as f32;
+                }
+            }
+            Init::TruncNormal { std, a, b } => {
+                for (j, v) in chunk.iter_mut().enumerate() {
+                    *v = rng.trunc_normal(chunk_start + j as u64, std, a, b) as f32;
+                }
+            }
+        };
+        // Large tensors are drawn on all cores: a 1B model's init should take seconds.
+        const CHUNK: usize = 1 << 20;
+        if out.len() <= CHUNK {
+            fill_range(start, out);
+            return;
+        }
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let per_thread = out.len().div_ceil(threads).max(CHUNK);
+        std::thread::scope(|s| {
+            for (t, chunk) in out.chunks_mut(per_thread).enumerate() {
+                let fill_range = &fill_range;
+                s.spawn(move || fill_range(start + (t * per_thread) as u64, chunk));
+            }
+        });
+    }
+}
+
+/// What a parameter is, without its values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    /// Fully qualified name, as torchtitan's state dict (`layers.0.attention.wq.weight`).
+    pub name: String,
+    /// Global shape.
+    pub shape: Shape,
+    /// How to initialize it.
+    pub init: Init,
+}
+
+impl ParamSpec {
+    pub fn new(name: impl Into<String>, shape: impl Into<Shape>, init: Init) -> Self {
+        Self { name: name.into(), shape: shape.into(), init }
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.elem_count()
+    }
+}
+
+/// A trainable tensor and its gradient.
+#[derive(Debug, Clone)]
+pub struct Param {
+    spec: ParamSpec,
+    master: Option<Tensor>,
+    compute: Option<Tensor>,
+    grad: Option<Tensor>,
+}
+
+impl Param {
+    /// A shape-only parameter: no storage until [`Param::materialize`].
+    pub fn new(spec: ParamSpec) -> Self {
+        Self { spec, master: None, compute: None, grad: None }
+    }
+
+    /// A parameter with the given f32 master values (its compute copy is made by
+    /// [`Param::refresh_compute`]).
+    pub fn from_tensor(name: impl Into<String>, value: Tensor, init: Init) -> Result<Self> {
+        let spec = ParamSpec::new(name, value.shape().clone(), init);
+        let mut p = Self::new(spec);
+        p.set_master(value)?;
+        Ok(p)
+    }
+
+    pub fn spec(&self) -> &ParamSpec {
+        &self.spec
+    }
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+    pub fn shape(&self) -> &Shape {
+        &self.spec.shape
+    }
+    pub fn numel(&self) -> usize {
+        self.spec.numel()
+    }
+    pub fn init(&self) -> Init {
+        self.spec.init
+    }
+
+    /// Draw the initial values on `device` (f32 master) and make the compute copy in
+    /// `compute_dtype`.
+    pub fn materialize(&mut self, device: &Device, seed: u64, compute_dtype: DType) -> Result<()> {
+        let mut values = vec![0f32; self.numel()];
+        self.spec.init.fill(seed, &self.spec.name, 0, &mut values);
+        let t = Tensor::from_vec(values, self.spec.shape.clone(), device)?;
+        self.master = Some(t);
+        self.grad = None;
+        self.refresh_compute(compute_dtype)
+    }
+
+    /// The f32 master values, if this process holds them.
+    pub fn master(&self) -> Option<&Tensor> {
+        self.master.as_ref()
+    }
+
+    /// Replace the master values (cast to f32); the shape must match the spec.
+    pub fn set_master(&mut self, value: Tensor) -> Result<()> {
+        self.check_shape(value.shape())?;
+        self.master = Some(value.to_dtype(DType::F32)?);
+        Ok(())
+    }
+
+    /// Drop the master values (a sharding strategy took ownership of them).
+    pub fn take_master(&mut self) -> Option<Tensor> {
+        self.master.take()
+    }
+
+    /// Rebuild the compute copy from the master (after an optimizer step).
+    pub fn refresh_compute(&mut self, compute_dtype: DType) -> Result<()> {
+        let master = self
+            .master
+            .as_ref()
+            .ok_or_else(|| Error::NotMaterialized { name: self.spec.name.clone() })?;
+        // On CPU in f32 this is a cheap Arc clone, not a copy.
+        self.compute = Some(master.to_dtype(compute_dtype)?);
+        Ok(())
+    }
+
+    /// The tensor forward and backward compute with.
+    pub fn compute(&self) -> Result<&Tensor> {
+        self.compute
+            .as_ref()
+            .ok_or_else(|| Error::NotMaterialized { name: self.spec.name.clone() })
+    }
+
+    /// Whether a compute copy is present.
+    pub fn has_compute(&self) -> bool {
+        self.compute.is_some()
+    }
+
+    /// Install a compute copy (e.g. the result of an all-gather); the shape must match.
+    pub fn set_compute(&mut self, value: Tensor) -> Result<()> {
+        self.check_shape(value.shape())?;
+        self.compute = Some(value);
+        Ok(())
+    }
+
+    /// Free the compute copy (FSDP reshard after forward).
+    pub fn release_compute(&mut self) {
+        self.compute = None;
+    }
+
+    /// The accumulated f32 gradient, if any backward has run since the last [`Param::zero_grad`].
+    pub fn grad(&self) -> Option<&Tensor> {
+        self.grad.as_ref()
+    }
+
+    /// Add `g` (any float dtype) into the f32 gradient.
+    pub fn accumulate_grad(&mut self, g: &Tensor) -> Result<()> {
+        self.check_shape(g.shape())?;
+        let g = g.to_dtype(DType::F32)?;
+        self.grad = Some(match self.grad.take() {
+            None => g,
+            Some(acc) => (acc + g)?,
+        });
+        Ok(())
+    }
+
+    /// Replace the gradient (e.g. with a reduced one).
+    pub fn set_grad(&mut self, g: Option<Tensor>) -> Result<()> {
+        if let Some(g) = &g {
+            self.check_shape(g.shape())?;
+        }
+        self.grad = g;
+        Ok(())
+    }
+
+    /// Take the gradient out, leaving none.
+    pub fn take_grad(&mut self) -> Option<Tensor> {
+        self.grad.take()
+    }
+
+    /// Forget the gradient.
+    pub fn zero_grad(&mut self) {
+        self.grad = None;
+    }
+
+    fn check_shape(&self, got: &Shape) -> Result<()> {
+        if got != &self.spec.shape {
+            return Err(Error::ParamShape {
+                name: self.spec.name.clone(),
+                expected: self.spec.shape.clone(),
+                got: got.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Anything that owns parameters.
+pub trait Module {
+    /// Every parameter, in a stable order (the state-dict order).
+    fn params(&self) -> Vec<&Param>;
+    /// Every parameter, mutably, in the same order.
+    fn params_mut(&mut self) -> Vec<&mut Param>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_init_equals_slice_of_full_init() {
+        let init = Init::trunc_normal(0.02);
+        let mut full = vec![0f32; 3000];
+        init.fill(5, "layers.0.attention.wq.weight", 0, &mut full);
+        let mut shard = vec![0f32; 1000];
+        init.fill(5, "layers.0.attention.wq.weight", 1000, &mut shard);
+        assert_eq!(&full[1000..2000], &shard[..]);
+    }
+
+    #[test]
+    fn grads_accumulate_in_f32() -> Result<()> {
+        let mut p = Param::new(ParamSpec::new("w", (2, 2), Init::Ones));
+        p.materialize(&Device::Cpu, 0, DType::F32)?;
+        let g = Tensor::ones((2, 2), DType::F64, &Device::Cpu)?;
+        p.accumulate_grad(&g)?;
+        p.accumulate_grad(&g)?;
+        let grad = p.grad().unwrap();
+        assert_eq!(grad.dtype(), DType::F32);
+        assert_eq!(grad.to_vec2::<f32>()?, vec![vec![2.0, 2.0], vec![2.0, 2.0]]);
+        assert!(p.accumulate_grad(&Tensor::ones(3, DType::F32, &Device::Cpu)?).is_err());
+        Ok(())
+    }
+}
