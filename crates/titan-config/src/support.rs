@@ -1,0 +1,319 @@
+//! What Titan can do with each option today.
+//!
+//! Every torchtitan option loads, so a torchtitan file parses and the truth is told about it:
+//! [`UNSUPPORTED`] refuses options of features Titan has not built yet when they are set to
+//! anything but an accepted value; [`IGNORED`] lists options Titan accepts without effect, so
+//! the trainer can say so. As features land, delete their lines here: nothing else changes.
+
+use crate::error::{Error, Result, UnsupportedSetting};
+use crate::schema::lookup;
+use crate::sections::JobConfig;
+
+/// Which values of an option Titan can honour.
+#[derive(Debug, Clone, Copy)]
+pub enum Accepted {
+    /// Only the default value.
+    DefaultOnly,
+    /// Only these values (TOML spelling without quotes, e.g. `"selective"` → `selective`).
+    OneOf(&'static [&'static str]),
+}
+
+/// One refused option.
+#[derive(Debug, Clone, Copy)]
+pub struct SupportRule {
+    /// Dotted option key.
+    pub key: &'static str,
+    /// Values Titan can honour.
+    pub accepted: Accepted,
+    /// Why other values are refused (shown to the user).
+    pub why: &'static str,
+}
+
+const fn default_only(key: &'static str, why: &'static str) -> SupportRule {
+    SupportRule {
+        key,
+        accepted: Accepted::DefaultOnly,
+        why,
+    }
+}
+
+const NO_TP: &str = "Titan has no tensor parallelism yet; use data_parallel_shard_degree";
+const NO_PP: &str = "Titan has no pipeline parallelism yet";
+const NO_CP: &str = "Titan has no context parallelism yet";
+const NO_EP: &str = "Titan has no expert parallelism (and no MoE models) yet";
+const NO_COMPILER: &str = "Titan has no compiler; its fused kernels are always on";
+
+/// Options refused when set to a value Titan cannot honour. Edit freely as features land.
+pub const UNSUPPORTED: &[SupportRule] = &[
+    default_only("profiling.enable_profiling", "Titan has no profiler yet; use nsys or perf"),
+    default_only("profiling.enable_memory_snapshot", "Titan cannot record memory snapshots yet"),
+    default_only(
+        "model.converters",
+        "Titan has no model converters (float8 / MX quantization) yet",
+    ),
+    default_only(
+        "optimizer.early_step_in_backward",
+        "Titan steps the optimizer after backward only",
+    ),
+    default_only("training.enable_cpu_offload", "Titan has no CPU offload yet"),
+    default_only(
+        "training.dtype",
+        "Titan keeps float32 master weights; pure bfloat16 training is not built yet",
+    ),
+    default_only("parallelism.tensor_parallel_degree", NO_TP),
+    default_only("parallelism.enable_async_tensor_parallel", NO_TP),
+    default_only("parallelism.pipeline_parallel_degree", NO_PP),
+    default_only("parallelism.context_parallel_degree", NO_CP),
+    default_only("parallelism.expert_parallel_degree", NO_EP),
+    default_only("parallelism.expert_tensor_parallel_degree", NO_EP),
+    default_only("parallelism.expert_parallel_comm_backend", NO_EP),
+    default_only(
+        "checkpoint.initial_load_in_hf_quantized",
+        "Titan cannot dequantize Hugging Face checkpoints yet",
+    ),
+    SupportRule {
+        key: "activation_checkpoint.mode",
+        accepted: Accepted::OneOf(&["selective", "full", "none"]),
+        why: "memory_budget needs a compiler, and Titan has none",
+    },
+    default_only(
+        "activation_checkpoint.visualize_memory_budget_pareto",
+        "memory_budget needs a compiler, and Titan has none",
+    ),
+    default_only("compile.enable", NO_COMPILER),
+    default_only(
+        "comm.mode",
+        "Titan has no fake or simulated communication backend yet",
+    ),
+    default_only("fault_tolerance.enable", "Titan has no fault tolerance (TorchFT) yet"),
+    default_only(
+        "job.custom_config_module",
+        "Titan cannot import Python modules; extend the Rust config instead",
+    ),
+    default_only(
+        "experimental.custom_import",
+        "Titan cannot import Python modules; register Rust components instead",
+    ),
+    default_only(
+        "experimental.custom_args_module",
+        "Titan cannot import Python modules; extend the Rust config instead",
+    ),
+];
+
+/// Options Titan accepts but that have no effect in Titan, with the reason.
+pub const IGNORED: &[(&str, &str)] = &[
+    ("training.gc_freq", "Rust has no garbage collector"),
+    ("training.gc_debug", "Rust has no garbage collector"),
+    ("training.dataloader.num_workers", "Titan's data pipeline runs in-process"),
+    ("training.dataloader.persistent_workers", "Titan's data pipeline runs in-process"),
+    ("training.dataloader.pin_memory", "Titan's data pipeline runs in-process"),
+    ("training.dataloader.prefetch_factor", "Titan's data pipeline runs in-process"),
+    ("validation.dataloader.num_workers", "Titan's data pipeline runs in-process"),
+    ("validation.dataloader.persistent_workers", "Titan's data pipeline runs in-process"),
+    ("validation.dataloader.pin_memory", "Titan's data pipeline runs in-process"),
+    ("validation.dataloader.prefetch_factor", "Titan's data pipeline runs in-process"),
+    (
+        "optimizer.implementation",
+        "Titan has one optimizer implementation (same numerics)",
+    ),
+    (
+        "model.print_after_conversion",
+        "Titan has no model converters yet",
+    ),
+    ("compile.components", "Titan has no compiler"),
+    ("compile.backend", "Titan has no compiler"),
+    ("activation_checkpoint.early_stop", "applies to PyTorch's checkpoint wrapper only"),
+    (
+        "activation_checkpoint.preserve_rng_state",
+        "Titan's forward uses no RNG, so recomputation is always identical",
+    ),
+    ("activation_checkpoint.determinism_check", "applies to PyTorch's checkpoint wrapper only"),
+    ("activation_checkpoint.debug", "applies to PyTorch's checkpoint wrapper only"),
+    (
+        "activation_checkpoint.per_op_sac_force_recompute_mm_shapes_by_fqns",
+        "only MoE router shapes are listed by default, and Titan has no MoE",
+    ),
+    ("debug.deterministic_warn_only", "Titan's kernels are deterministic"),
+    ("debug.moe_force_load_balance", "Titan has no MoE models"),
+    ("comm.trace_buf_size", "Titan has no flight recorder"),
+    ("comm.save_traces_folder", "Titan has no flight recorder"),
+    ("comm.save_traces_file_prefix", "Titan has no flight recorder"),
+    ("memory_estimation.disable_fake_mode", "Titan estimates memory analytically"),
+    (
+        "quantize",
+        "quantize.* only matters with model.converters, which Titan does not support yet",
+    ),
+];
+
+/// A setting that Titan accepts but ignores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IgnoredSetting {
+    /// Dotted option key.
+    pub key: String,
+    /// The value that was set.
+    pub value: String,
+    /// Why it has no effect.
+    pub why: &'static str,
+}
+
+/// Option values as TOML (`None` for unset optional options), by dotted key.
+struct Values {
+    current: Option<toml::Value>,
+    default: Option<toml::Value>,
+}
+
+impl Values {
+    fn of(config: &JobConfig) -> Values {
+        Values {
+            current: toml::Value::try_from(config).ok(),
+            default: toml::Value::try_from(JobConfig::default()).ok(),
+        }
+    }
+
+    fn current(&self, key: &str) -> Option<&toml::Value> {
+        self.current.as_ref().and_then(|v| lookup(v, key))
+    }
+
+    fn is_default(&self, key: &str) -> bool {
+        self.current(key) == self.default.as_ref().and_then(|v| lookup(v, key))
+    }
+}
+
+fn render(value: Option<&toml::Value>) -> String {
+    value.map_or_else(|| "None".to_string(), toml::Value::to_string)
+}
+
+fn bare(value: Option<&toml::Value>) -> String {
+    match value {
+        Some(toml::Value::String(s)) => s.clone(),
+        other => render(other),
+    }
+}
+
+/// Leaf options under `key` (itself if it is an option, every option of it if a section).
+fn options_under(key: &str) -> impl Iterator<Item = &'static str> + '_ {
+    crate::schema::schema()
+        .options
+        .iter()
+        .map(|o| o.key.as_str())
+        .filter(move |k| *k == key || k.starts_with(&format!("{key}.")))
+}
+
+impl JobConfig {
+    /// Every option set to a value Titan cannot honour yet (see [`UNSUPPORTED`]).
+    pub fn unsupported_settings(&self) -> Vec<UnsupportedSetting> {
+        let values = Values::of(self);
+        UNSUPPORTED
+            .iter()
+            .filter(|rule| match rule.accepted {
+                Accepted::DefaultOnly => !values.is_default(rule.key),
+                Accepted::OneOf(ok) => !ok.contains(&bare(values.current(rule.key)).as_str()),
+            })
+            .map(|rule| UnsupportedSetting {
+                key: rule.key.to_string(),
+                value: render(values.current(rule.key)),
+                why: rule.why,
+            })
+            .collect()
+    }
+
+    /// Refuses configurations that use features Titan has not built yet, naming each offending
+    /// option and value. Call it before training; loading alone does not.
+    pub fn check_supported(&self) -> Result<()> {
+        let unsupported = self.unsupported_settings();
+        if unsupported.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Unsupported(unsupported))
+        }
+    }
+
+    /// Options set to a non-default value that Titan ignores (see [`IGNORED`]); the trainer
+    /// should log them.
+    pub fn ignored_settings(&self) -> Vec<IgnoredSetting> {
+        let values = Values::of(self);
+        IGNORED
+            .iter()
+            .flat_map(|(prefix, why)| options_under(prefix).map(move |key| (key, *why)))
+            .filter(|(key, _)| !values.is_default(key))
+            .map(|(key, why)| IgnoredSetting {
+                key: key.to_string(),
+                value: render(values.current(key)),
+                why,
+            })
+            .collect()
+    }
+}
+
+/// `true` when Titan refuses some values of this option (for help text).
+pub(crate) fn is_restricted(key: &str) -> bool {
+    UNSUPPORTED.iter().any(|rule| rule.key == key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::schema;
+    use crate::sections::AcMode;
+
+    #[test]
+    fn every_listed_key_exists() {
+        let schema = schema();
+        for rule in UNSUPPORTED {
+            assert!(schema.option(rule.key).is_some(), "{}", rule.key);
+        }
+        for (key, _) in IGNORED {
+            assert!(options_under(key).next().is_some(), "{key}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_supported_and_not_ignored() {
+        let config = JobConfig::default();
+        assert!(config.check_supported().is_ok());
+        assert!(config.ignored_settings().is_empty());
+    }
+
+    #[test]
+    fn refusals_name_key_value_and_reason() {
+        let mut config = JobConfig::default();
+        config.compile.enable = true;
+        config.parallelism.tensor_parallel_degree = 8;
+        config.activation_checkpoint.mode = AcMode::MemoryBudget;
+        let message = config
+            .check_supported()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(message.contains("`compile.enable = true`"), "{message}");
+        assert!(message.contains(NO_COMPILER), "{message}");
+        assert!(message.contains("`parallelism.tensor_parallel_degree = 8`"));
+        assert!(message.contains("`activation_checkpoint.mode = \"memory_budget\"`"));
+        config.activation_checkpoint.mode = AcMode::Full;
+        let keys: Vec<_> = config
+            .unsupported_settings()
+            .into_iter()
+            .map(|u| u.key)
+            .collect();
+        assert_eq!(
+            keys,
+            ["parallelism.tensor_parallel_degree", "compile.enable"]
+        );
+    }
+
+    #[test]
+    fn ignored_settings_are_reported() {
+        let mut config = JobConfig::default();
+        config.training.gc_freq = 7;
+        config.quantize.linear.float8.filter_fqns = vec!["output".into()];
+        let keys: Vec<_> = config
+            .ignored_settings()
+            .into_iter()
+            .map(|s| s.key)
+            .collect();
+        assert_eq!(
+            keys,
+            ["training.gc_freq", "quantize.linear.float8.filter_fqns"]
+        );
+    }
+}
