@@ -42,3 +42,53 @@ pub fn bitwise_eq(a: &Tensor, b: &Tensor) -> Result<bool> {
     let b = b.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
     Ok(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()))
 }
+
+/// f64 reference compositions of the engine's fused math, differentiable by candle's autograd.
+/// They are written differently from the engine's ops on purpose (complex-product RoPE, heads
+/// picked by index, masks as 0/1 products) so that agreement means something.
+pub mod oracle {
+    use candle_core::{Device, Tensor, D};
+
+    use crate::Result;
+
+    /// RoPE as the complex product torchtitan writes: pairs (x0, x1) times (cos + i sin).
+    pub fn rope_oracle(x: &Tensor, freqs: &[f32], positions: &[u32]) -> Result<Tensor> {
+        let (b, s, h, d) = x.dims4()?;
+        let half = d / 2;
+        let mut cos = vec![0f64; b * s * half];
+        let mut sin = vec![0f64; b * s * half];
+        for bi in 0..b {
+            for si in 0..s {
+                for (j, f) in freqs.iter().enumerate() {
+                    let angle = (positions[bi * s + si] as f32 * f) as f64;
+                    cos[(bi * s + si) * half + j] = angle.cos();
+                    sin[(bi * s + si) * half + j] = angle.sin();
+                }
+            }
+        }
+        let cos = Tensor::from_vec(cos, (b, s, 1, half), &Device::Cpu)?;
+        let sin = Tensor::from_vec(sin, (b, s, 1, half), &Device::Cpu)?;
+        let pairs = x.reshape((b, s, h, half, 2))?;
+        let re = pairs.narrow(4, 0, 1)?.squeeze(4)?;
+        let im = pairs.narrow(4, 1, 1)?.squeeze(4)?;
+        let out_re = (re.broadcast_mul(&cos)? - im.broadcast_mul(&sin)?)?;
+        let out_im = (re.broadcast_mul(&sin)? + im.broadcast_mul(&cos)?)?;
+        Ok(Tensor::stack(&[out_re, out_im], 4)?.reshape((b, s, h, d))?)
+    }
+
+    /// Attention composed independently: kv heads picked by `index_select`, mask applied as an
+    /// explicit 0/1 product after exp (no -inf bias), softmax from exp/sum.
+    pub fn attention_oracle(q: &Tensor, k: &Tensor, v: &Tensor, allowed: &Tensor, scale: f64) -> Result<Tensor> {
+        let (_, hq, _, _) = q.dims4()?;
+        let hkv = k.dim(1)?;
+        let idx: Vec<u32> = (0..hq).map(|h| (h / (hq / hkv)) as u32).collect();
+        let idx = Tensor::from_vec(idx, hq, &Device::Cpu)?;
+        let k = k.index_select(&idx, 1)?;
+        let v = v.index_select(&idx, 1)?;
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let e = scores.exp()?.broadcast_mul(allowed)?;
+        let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+        Ok(p.matmul(&v)?)
+    }
+
+}
