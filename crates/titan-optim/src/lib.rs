@@ -1,0 +1,28 @@
+//! Titan's optimization: AdamW/Adam, global gradient-norm clipping and torchtitan's
+//! learning-rate schedule, over titan-core [`Param`](titan_core::Param)s.
+//!
+//! This crate owns the update rule and its state. It knows nothing of models (it sees named
+//! parameters), of data, or of collectives.
+//!
+//! # Precision
+//!
+//! Whatever the compute dtype (bf16 forward/backward), the optimizer works on the f32 master
+//! ([`Param::master`](titan_core::Param::master)) and the f32 gradient, and keeps its state
+//! (`exp_avg`, `exp_avg_sq`) in f32, with a per-parameter integer step count. Every tensor
+//! operation runs in f32 on the parameter's device; scalars (bias corrections, step size,
+//! `1 - lr * weight_decay`) are computed in f64 and cast to f32, as PyTorch does with Python
+//! floats. The update follows PyTorch's single-tensor `Adam`/`AdamW` operation by operation.
+//! After a step the compute copies are stale: callers refresh them
+//! ([`Param::refresh_compute`](titan_core::Param::refresh_compute)) or use
+//! [`Optimizer::step_and_refresh`].
+
+pub mod config;
+pub mod error;
+pub mod optimizer;
+pub mod state;
+mod update;
+
+pub use config::AdamWConfig;
+pub use error::{Error, Result};
+pub use optimizer::Optimizer;
+pub use state::{exp_avg_key, exp_avg_sq_key, OptimizerState, OptimizerStateMeta};
