@@ -2,7 +2,8 @@
 //! learning-rate schedule, over titan-core [`Param`](titan_core::Param)s.
 //!
 //! This crate owns the update rule and its state. It knows nothing of models (it sees named
-//! parameters), of data, or of collectives.
+//! parameters), of data, or of collectives: distributed clipping is split into a local sum of
+//! squares ([`local_sq_norm`]) that the caller reduces, and [`clip_with_total_norm`].
 //!
 //! # Precision
 //!
@@ -16,12 +17,14 @@
 //! ([`Param::refresh_compute`](titan_core::Param::refresh_compute)) or use
 //! [`Optimizer::step_and_refresh`].
 
+pub mod clip;
 pub mod config;
 pub mod error;
 pub mod optimizer;
 pub mod state;
 mod update;
 
+pub use clip::{clip_grad_norm, clip_with_total_norm, local_sq_norm};
 pub use config::AdamWConfig;
 pub use error::{Error, Result};
 pub use optimizer::Optimizer;
