@@ -231,11 +231,13 @@ pub struct StartupInfo {
     pub device_name: String,
     /// Total device memory; `None` leaves out the capacity line.
     pub capacity_bytes: Option<u64>,
+    /// Peak memory after the model was built; `None` leaves out the model-memory line.
+    pub model_memory: Option<MemoryStats>,
 }
 
 /// The startup lines in torchtitan's order, each one `tracing::info!`-logged; also returned.
-pub fn log_startup(palette: &Palette, info: &StartupInfo) -> Vec<String> {
-    let mut lines = Vec::with_capacity(4);
+pub fn log_startup(palette: &Palette, info: &StartupInfo) -> Result<Vec<String>> {
+    let mut lines = Vec::with_capacity(5);
     if let Some(capacity) = info.capacity_bytes {
         lines.push(format_device_capacity_line(
             &info.device_type,
@@ -251,10 +253,13 @@ pub fn log_startup(palette: &Palette, info: &StartupInfo) -> Vec<String> {
     ));
     lines.push(format_flops_per_token_line(info.flops_per_token));
     lines.push(format_peak_flops_line(info.peak_flops));
-    for line in &lines {
-        tracing::info!("{line}");
+    if let Some(memory) = &info.model_memory {
+        lines.push(format_model_memory_line(&info.device_type, memory)?);
     }
-    lines
+    for line in &lines {
+        suspend_bar(|| tracing::info!("{line}"));
+    }
+    Ok(lines)
 }
 
 /// Logs each record as torchtitan's console line, hiding the progress bar while it prints.
@@ -413,5 +418,35 @@ mod tests {
             format_model_memory_line("cuda", &memory).unwrap(),
             "CUDA memory usage for model: 1.50GiB(1.56%)"
         );
+    }
+
+    #[test]
+    fn startup_lines_in_torchtitan_order() {
+        let mut info = StartupInfo {
+            model_name: "llama3".to_string(),
+            flavor: "debugmodel".to_string(),
+            total_params: 6_163_712,
+            flops_per_token: 1e6,
+            peak_flops: None,
+            device_type: "cpu".to_string(),
+            device_name: "cpu".to_string(),
+            capacity_bytes: None,
+            model_memory: None,
+        };
+        let lines = log_startup(&Palette::PLAIN, &info).unwrap();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("Model llama3"));
+        assert!(lines[2].ends_with("n/a (no peak known for this device)"));
+        info.capacity_bytes = Some(1 << 30);
+        info.model_memory = Some(MemoryStats {
+            max_active_bytes: 0,
+            max_reserved_bytes: 1 << 29,
+            capacity_bytes: 1 << 30,
+            num_alloc_retries: 0,
+            num_ooms: 0,
+        });
+        let lines = log_startup(&Palette::PLAIN, &info).unwrap();
+        assert_eq!(lines[0], "CPU capacity: cpu with 1.00GiB memory");
+        assert_eq!(lines[4], "CPU memory usage for model: 0.50GiB(50.00%)");
     }
 }

@@ -238,8 +238,11 @@ fn render_panel(
         }
         let _ = writeln!(
             svg,
-            r#"<rect x="{}" y="{}" width="14" height="4" fill="{}"/>
+            r#"<rect x="{}" y="{}" width="170" height="16" fill="white" fill-opacity="0.8"/>
+<rect x="{}" y="{}" width="14" height="4" fill="{}"/>
 <text x="{}" y="{}">{}</text>"#,
+            right - 176.0,
+            legend_y - 12.0,
             right - 170.0,
             legend_y - 6.0,
             s.color,

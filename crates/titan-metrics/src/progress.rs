@@ -21,8 +21,9 @@ thread_local! {
     static SUSPENDED: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Kept under 80 columns with its message (`loss 9.9841`), so the bar never wraps.
 const TEMPLATE: &str =
-    "{bar:40.cyan/blue} step {pos}/{len} [{elapsed_precise} elapsed, ETA {eta_precise}] {msg}";
+    "{bar:25.cyan/blue} {pos}/{len} steps [{elapsed_precise} < ETA {eta_precise}] {msg}";
 
 /// The training progress bar; drawing nothing when disabled or when stderr is not a terminal.
 #[derive(Debug)]
