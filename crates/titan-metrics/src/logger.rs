@@ -134,7 +134,8 @@ impl MetricsLogger {
     }
 
     /// End of the run: close the sinks, clear the bar and, if enabled on the writing rank,
-    /// write the plot. Returns the plot's path when one was written. Calling it twice is harmless.
+    /// write the plot. Returns the plot's path when one was written. A sink that fails to close
+    /// does not stop the plot; its error is returned afterwards. Calling it twice is harmless.
     pub fn finish(&mut self) -> Result<Option<PathBuf>> {
         if self.finished {
             return Ok(None);
@@ -148,18 +149,16 @@ impl MetricsLogger {
                 first_error.get_or_insert(e);
             }
         }
-        if let Some(e) = first_error {
-            return Err(e);
-        }
-        if !(self.config.enable_plot && self.config.writes_on_this_rank())
-            || self.history.is_empty()
-        {
-            return Ok(None);
-        }
-        let path = self.plot_path();
-        plot::write_svg(&path, &self.config.plot_title, &self.history)?;
-        tracing::info!("Metrics plot written to {}", path.display());
-        Ok(Some(path))
+        let wants_plot = self.config.enable_plot && self.config.writes_on_this_rank();
+        let plot = if wants_plot && !self.history.is_empty() {
+            let path = self.plot_path();
+            plot::write_svg(&path, &self.config.plot_title, &self.history)?;
+            tracing::info!("Metrics plot written to {}", path.display());
+            Some(path)
+        } else {
+            None
+        };
+        first_error.map_or(Ok(plot), Err)
     }
 
     /// The palette console lines use (for the trainer's own coloured lines, e.g. startup).

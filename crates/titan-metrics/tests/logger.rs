@@ -337,3 +337,38 @@ fn bad_inputs_are_errors_that_name_the_fix() {
     assert!(err.contains("finish"), "{err}");
     std::fs::remove_dir_all(&dump).ok();
 }
+
+/// A sink that always fails.
+struct Broken;
+
+impl MetricSink for Broken {
+    fn name(&self) -> &str {
+        "broken"
+    }
+    fn write(&mut self, _record: &MetricRecord) -> titan_metrics::Result<()> {
+        Err(titan_metrics::Error::Sink {
+            sink: "broken".to_string(),
+            message: "disk on fire".to_string(),
+        })
+    }
+}
+
+#[test]
+fn a_failing_sink_does_not_starve_the_others() {
+    let dump = temp_dump("broken-sink");
+    let mut cfg = config(&dump);
+    cfg.enable_jsonl = false;
+    cfg.enable_plot = false;
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let mut logger = MetricsLogger::new(cfg, 1.0, None).unwrap();
+    logger.add_sink(Box::new(Broken));
+    logger.add_sink(Box::new(Collect(received.clone())));
+    let err = logger.log_step(&metrics(1, 1)).unwrap_err().to_string();
+    assert!(
+        err.contains("broken") && err.contains("disk on fire"),
+        "{err}"
+    );
+    assert_eq!(received.lock().unwrap().len(), 1);
+    logger.finish().unwrap();
+    std::fs::remove_dir_all(&dump).ok();
+}
