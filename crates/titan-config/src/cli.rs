@@ -6,7 +6,7 @@
 //! underscores (`--job.config-file`). `--config PATH` is Titan's alias of `--job.config_file`.
 
 use crate::error::{Error, Origin, Result};
-use crate::schema::{schema, OptionSpec, NONE_WORDS};
+use crate::schema::{schema, CliValue, OptionSpec, NONE_WORDS};
 use crate::suggest::{closest, closest_key};
 
 /// One `--key value` from the command line, type-checked against the schema.
@@ -14,8 +14,8 @@ use crate::suggest::{closest, closest_key};
 pub(crate) struct Override {
     /// Dotted schema key.
     pub key: String,
-    /// The value; `None` unsets an optional option.
-    pub value: Option<toml::Value>,
+    /// The value.
+    pub value: CliValue,
 }
 
 /// What the command line asks for.
@@ -32,7 +32,10 @@ impl CommandLine {
             .iter()
             .rev()
             .find(|o| o.key == CONFIG_FILE_KEY)
-            .map(|o| o.value.as_ref().and_then(toml::Value::as_str))
+            .map(|o| match &o.value {
+                CliValue::Set(value) => value.as_str(),
+                CliValue::Unset => None,
+            })
     }
 }
 
@@ -67,23 +70,20 @@ fn resolve(name: &str) -> Result<(&'static OptionSpec, bool)> {
 }
 
 /// The type error for `text` given to `spec`, with a suggestion for misspelled choices.
-pub(crate) fn wrong_type(spec: &OptionSpec, value: String, origin: Origin) -> Error {
+pub(crate) fn wrong_type(spec: &'static OptionSpec, value: String, origin: Origin) -> Error {
     let bare = value.trim_matches('"');
-    let suggestion = closest(bare, spec.choices.iter().copied())
-        .filter(|c| *c != bare)
-        .map(str::to_string);
+    let suggestion = closest(bare, spec.choices.iter().copied()).filter(|c| *c != bare);
     Error::WrongType {
-        key: spec.key.clone(),
+        key: &spec.key,
         value,
-        expected: spec.type_name.clone(),
+        expected: &spec.type_name,
         origin,
         suggestion,
     }
 }
 
 fn is_bool_word(text: &str) -> bool {
-    matches!(text.to_ascii_lowercase().as_str(), "true" | "false")
-        || (NONE_WORDS.contains(&text))
+    matches!(text.to_ascii_lowercase().as_str(), "true" | "false") || (NONE_WORDS.contains(&text))
 }
 
 /// Parses arguments (without the program name).
@@ -125,15 +125,15 @@ pub(crate) fn parse<S: AsRef<str>>(args: &[S]) -> Result<CommandLine> {
                 Some(next) if !next.starts_with("--") => next,
                 _ => {
                     return Err(Error::MissingValue {
-                        key: spec.key.clone(),
-                        expected: spec.type_name.clone(),
+                        key: &spec.key,
+                        expected: &spec.type_name,
                     })
                 }
             }
         };
         let value = spec
             .value_from_cli(text)
-            .map_err(|()| wrong_type(spec, text.to_string(), Origin::CommandLine))?;
+            .ok_or_else(|| wrong_type(spec, text.to_string(), Origin::CommandLine))?;
         command_line.overrides.push(Override {
             key: spec.key.clone(),
             value,
@@ -146,7 +146,7 @@ pub(crate) fn parse<S: AsRef<str>>(args: &[S]) -> Result<CommandLine> {
 mod tests {
     use super::*;
 
-    fn overrides(args: &[&str]) -> Vec<(String, Option<toml::Value>)> {
+    fn overrides(args: &[&str]) -> Vec<(String, CliValue)> {
         parse(args)
             .map(|c| c.overrides.into_iter().map(|o| (o.key, o.value)).collect())
             .unwrap_or_else(|e| panic!("{e}"))
@@ -157,7 +157,7 @@ mod tests {
         let spaced = overrides(&["--training.steps", "7"]);
         let joined = overrides(&["--training.steps=7"]);
         assert_eq!(spaced, joined);
-        assert_eq!(spaced[0].1, Some(toml::Value::Integer(7)));
+        assert_eq!(spaced[0].1, CliValue::Set(toml::Value::Integer(7)));
     }
 
     #[test]
@@ -171,8 +171,8 @@ mod tests {
             "true",
         ]);
         let values: Vec<_> = got.iter().map(|(_, v)| v.clone()).collect();
-        let t = Some(toml::Value::Boolean(true));
-        let f = Some(toml::Value::Boolean(false));
+        let t = CliValue::Set(toml::Value::Boolean(true));
+        let f = CliValue::Set(toml::Value::Boolean(false));
         assert_eq!(values, vec![t.clone(), f.clone(), f.clone(), f, t]);
         assert_eq!(got[1].0, "checkpoint.initial_load_model_only");
     }
@@ -192,13 +192,13 @@ mod tests {
             .iter()
             .map(|s| toml::Value::String(s.to_string()))
             .collect();
-        assert_eq!(got[0].1, Some(toml::Value::Array(expected)));
+        assert_eq!(got[0].1, CliValue::Set(toml::Value::Array(expected)));
     }
 
     #[test]
     fn none_unsets_optional_options() {
         let got = overrides(&["--lr_scheduler.decay_ratio", "none"]);
-        assert_eq!(got[0].1, None);
+        assert_eq!(got[0].1, CliValue::Unset);
     }
 
     #[test]

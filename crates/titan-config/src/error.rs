@@ -150,18 +150,23 @@ pub enum Error {
     },
 
     // === Values ===
-    #[error("wrong type for `{key}` {origin}: got `{value}`, expected {expected}{}", did_you_mean(.suggestion))]
+    #[error("wrong type for `{key}` {origin}: got `{value}`, expected {expected}{}", did_you_mean(&.suggestion.map(str::to_string)))]
     WrongType {
-        key: String,
+        key: &'static str,
         value: String,
-        expected: String,
+        expected: &'static str,
         origin: Origin,
-        suggestion: Option<String>,
+        suggestion: Option<&'static str>,
     },
-    #[error("`{key}` is a section {origin}, not an option: write `[{key}]` followed by its options")]
+    #[error(
+        "`{key}` is a section {origin}, not an option: write `[{key}]` followed by its options"
+    )]
     SectionGivenValue { key: String, origin: Origin },
     #[error("option `--{key}` needs a value of type {expected}, e.g. `--{key} VALUE` or `--{key}=VALUE`")]
-    MissingValue { key: String, expected: String },
+    MissingValue {
+        key: &'static str,
+        expected: &'static str,
+    },
     #[error("option `--{key}` is a negated flag and takes no value; write `--{key}` alone")]
     NegatedFlagWithValue { key: String },
     #[error("unexpected argument `{arg}`: options are written `--section.option VALUE`; `--help` lists them")]

@@ -36,7 +36,7 @@ use std::path::Path;
 pub use error::{Error, Origin, Problem, Result, UnsupportedSetting};
 pub use help::{help_text, markdown_reference};
 pub use output::DEFAULT_SAVE_NAME;
-pub use schema::{schema, OptionSpec, OptionType, Schema, SectionSpec};
+pub use schema::{schema, CliValue, OptionSpec, OptionType, Schema, SectionSpec};
 pub use sections::*;
 pub use support::{Accepted, IgnoredSetting, SupportRule, IGNORED, UNSUPPORTED};
 

@@ -10,7 +10,7 @@ use figment::{Figment, Metadata, Profile, Provider};
 
 use crate::cli::{wrong_type, Override};
 use crate::error::{Error, Origin, Result};
-use crate::schema::{join_key, schema};
+use crate::schema::{join_key, schema, CliValue};
 use crate::sections::JobConfig;
 use crate::suggest::{closest, closest_key};
 
@@ -57,10 +57,13 @@ impl TomlSource {
 
     /// Parses the text and checks every key and value against the schema.
     fn checked_table(&self) -> Result<toml::Table> {
-        let table: toml::Table = self.text.parse().map_err(|e: toml::de::Error| Error::Syntax {
-            origin: self.origin.clone(),
-            message: e.to_string().trim_end().replace('\n', "\n    "),
-        })?;
+        let table: toml::Table = self
+            .text
+            .parse()
+            .map_err(|e: toml::de::Error| Error::Syntax {
+                origin: self.origin.clone(),
+                message: e.to_string().trim_end().replace('\n', "\n    "),
+            })?;
         self.check_table(&table, "")?;
         Ok(table)
     }
@@ -187,8 +190,8 @@ fn overrides_dict(overrides: &[Override]) -> Result<Dict> {
     let mut dict = Dict::new();
     for o in overrides {
         let value = match &o.value {
-            Some(v) => Value::serialize(v).map_err(|e| Error::Merge(e.to_string()))?,
-            None => Value::from(Empty::None),
+            CliValue::Set(v) => Value::serialize(v).map_err(|e| Error::Merge(e.to_string()))?,
+            CliValue::Unset => Value::from(Empty::None),
         };
         insert(&mut dict, &o.key, value);
     }
@@ -215,9 +218,7 @@ pub(crate) fn load_layers(source: &TomlSource, overrides: &[Override]) -> Result
             name: COMMAND_LINE_LAYER.into(),
             dict: overrides_dict(overrides)?,
         });
-    let mut config: JobConfig = figment
-        .extract()
-        .map_err(|e| Error::Merge(e.to_string()))?;
+    let mut config: JobConfig = figment.extract().map_err(|e| Error::Merge(e.to_string()))?;
     apply_deprecated_aliases(&mut config);
 
     if let Err(Error::Invalid(mut problems)) = config.validate() {

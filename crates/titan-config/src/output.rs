@@ -30,7 +30,9 @@ impl JobConfig {
     /// JSON when the name ends in `.json` (torchtitan's format), TOML otherwise.
     pub fn save_to_dump_folder(&self) -> Result<PathBuf> {
         let path = self.config_save_path();
-        let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let is_json = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
         let text = if is_json {
             serde_json::to_string_pretty(self).map_err(|e| Error::Serialize(e.to_string()))?
         } else {

@@ -20,9 +20,18 @@ pub trait OptionType: Serialize + DeserializeOwned {
     }
     /// Booleans are flags: `--x` sets true, `--no-x` sets false.
     const IS_FLAG: bool = false;
-    /// Converts command-line text to the TOML value this type reads; `Ok(None)` unsets an
-    /// optional option. Errors are caught later by the type check, so this may be lenient.
-    fn cli_value(text: &str) -> Result<Option<toml::Value>, ()>;
+    /// Converts command-line text to the TOML value this type reads; `None` when the text
+    /// cannot be read at all. The type check runs afterwards, so this may be lenient.
+    fn cli_value(text: &str) -> Option<CliValue>;
+}
+
+/// A value given on the command line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CliValue {
+    /// Set the option to this value.
+    Set(toml::Value),
+    /// Unset an optional option (`none`).
+    Unset,
 }
 
 /// Words that unset an optional option on the command line (`--lr_scheduler.decay_ratio none`).
@@ -33,28 +42,28 @@ impl OptionType for bool {
         "bool".into()
     }
     const IS_FLAG: bool = true;
-    fn cli_value(text: &str) -> Result<Option<toml::Value>, ()> {
+    fn cli_value(text: &str) -> Option<CliValue> {
         match text.to_ascii_lowercase().as_str() {
-            "true" => Ok(Some(toml::Value::Boolean(true))),
-            "false" => Ok(Some(toml::Value::Boolean(false))),
-            _ => Err(()),
+            "true" => Some(CliValue::Set(toml::Value::Boolean(true))),
+            "false" => Some(CliValue::Set(toml::Value::Boolean(false))),
+            _ => None,
         }
     }
 }
 
-fn integer(text: &str) -> Result<Option<toml::Value>, ()> {
+fn integer(text: &str) -> Option<CliValue> {
     text.trim()
         .replace('_', "")
         .parse::<i64>()
-        .map(|i| Some(toml::Value::Integer(i)))
-        .map_err(|_| ())
+        .ok()
+        .map(|i| CliValue::Set(toml::Value::Integer(i)))
 }
 
 impl OptionType for i64 {
     fn type_name() -> String {
         "int".into()
     }
-    fn cli_value(text: &str) -> Result<Option<toml::Value>, ()> {
+    fn cli_value(text: &str) -> Option<CliValue> {
         integer(text)
     }
 }
@@ -63,7 +72,7 @@ impl OptionType for usize {
     fn type_name() -> String {
         "int >= 0".into()
     }
-    fn cli_value(text: &str) -> Result<Option<toml::Value>, ()> {
+    fn cli_value(text: &str) -> Option<CliValue> {
         integer(text)
     }
 }
@@ -72,7 +81,7 @@ impl OptionType for u64 {
     fn type_name() -> String {
         "int >= 0".into()
     }
-    fn cli_value(text: &str) -> Result<Option<toml::Value>, ()> {
+    fn cli_value(text: &str) -> Option<CliValue> {
         integer(text)
     }
 }
@@ -81,11 +90,11 @@ impl OptionType for f64 {
     fn type_name() -> String {
         "float".into()
     }
-    fn cli_value(text: &str) -> Result<Option<toml::Value>, ()> {
+    fn cli_value(text: &str) -> Option<CliValue> {
         text.trim()
             .parse::<f64>()
-            .map(|x| Some(toml::Value::Float(x)))
-            .map_err(|_| ())
+            .ok()
+            .map(|x| CliValue::Set(toml::Value::Float(x)))
     }
 }
 
@@ -93,8 +102,8 @@ impl OptionType for String {
     fn type_name() -> String {
         "str".into()
     }
-    fn cli_value(text: &str) -> Result<Option<toml::Value>, ()> {
-        Ok(Some(toml::Value::String(text.to_string())))
+    fn cli_value(text: &str) -> Option<CliValue> {
+        Some(CliValue::Set(toml::Value::String(text.to_string())))
     }
 }
 
@@ -103,14 +112,14 @@ impl OptionType for Vec<String> {
     fn type_name() -> String {
         "list[str]".into()
     }
-    fn cli_value(text: &str) -> Result<Option<toml::Value>, ()> {
+    fn cli_value(text: &str) -> Option<CliValue> {
         let items = text
             .split(',')
             .map(str::trim)
             .filter(|item| !item.is_empty())
             .map(|item| toml::Value::String(item.to_string()))
             .collect();
-        Ok(Some(toml::Value::Array(items)))
+        Some(CliValue::Set(toml::Value::Array(items)))
     }
 }
 
@@ -120,9 +129,9 @@ impl OptionType for Vec<Vec<String>> {
     fn type_name() -> String {
         "list[list[str]]".into()
     }
-    fn cli_value(text: &str) -> Result<Option<toml::Value>, ()> {
-        let table: toml::Table = format!("v = {text}").parse().map_err(|_| ())?;
-        table.get("v").cloned().map(Some).ok_or(())
+    fn cli_value(text: &str) -> Option<CliValue> {
+        let table: toml::Table = format!("v = {text}").parse().ok()?;
+        table.get("v").cloned().map(CliValue::Set)
     }
 }
 
@@ -134,9 +143,9 @@ impl<T: OptionType> OptionType for Option<T> {
         T::choices()
     }
     const IS_FLAG: bool = T::IS_FLAG;
-    fn cli_value(text: &str) -> Result<Option<toml::Value>, ()> {
+    fn cli_value(text: &str) -> Option<CliValue> {
         if NONE_WORDS.contains(&text) {
-            return Ok(None);
+            return Some(CliValue::Unset);
         }
         T::cli_value(text)
     }
@@ -162,7 +171,7 @@ pub struct OptionSpec {
     pub choices: &'static [&'static str],
     /// `true` for booleans (and optional booleans): usable as `--x` / `--no-x`.
     pub is_flag: bool,
-    cli_value: fn(&str) -> Result<Option<toml::Value>, ()>,
+    cli_value: fn(&str) -> Option<CliValue>,
     accepts: fn(&toml::Value) -> bool,
 }
 
@@ -174,7 +183,9 @@ impl OptionSpec {
 
     /// The option name inside its section (`seq_len` for `training.seq_len`).
     pub fn name(&self) -> &str {
-        self.key.rsplit_once('.').map_or(&self.key, |(_, name)| name)
+        self.key
+            .rsplit_once('.')
+            .map_or(&self.key, |(_, name)| name)
     }
 
     /// First paragraph of the doc, on one line.
@@ -187,13 +198,11 @@ impl OptionSpec {
         self.doc.starts_with(TITAN_MARK)
     }
 
-    /// Converts command-line text to a TOML value (`None` = unset); `Err` when the text cannot be
-    /// read as this option's type.
-    pub(crate) fn value_from_cli(&self, text: &str) -> Result<Option<toml::Value>, ()> {
-        let value = (self.cli_value)(text)?;
-        match &value {
-            Some(v) if !(self.accepts)(v) => Err(()),
-            _ => Ok(value),
+    /// Converts command-line text to a value of this option's type; `None` when it is not one.
+    pub(crate) fn value_from_cli(&self, text: &str) -> Option<CliValue> {
+        match (self.cli_value)(text)? {
+            CliValue::Set(value) if !(self.accepts)(&value) => None,
+            value => Some(value),
         }
     }
 
@@ -436,8 +445,10 @@ macro_rules! choice {
             fn choices() -> &'static [&'static str] {
                 Self::VALUES
             }
-            fn cli_value(text: &str) -> Result<Option<toml::Value>, ()> {
-                Ok(Some(toml::Value::String(text.to_string())))
+            fn cli_value(text: &str) -> Option<$crate::schema::CliValue> {
+                Some($crate::schema::CliValue::Set(toml::Value::String(
+                    text.to_string(),
+                )))
             }
         }
     };

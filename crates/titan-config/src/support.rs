@@ -45,8 +45,14 @@ const NO_COMPILER: &str = "Titan has no compiler; its fused kernels are always o
 
 /// Options refused when set to a value Titan cannot honour. Edit freely as features land.
 pub const UNSUPPORTED: &[SupportRule] = &[
-    default_only("profiling.enable_profiling", "Titan has no profiler yet; use nsys or perf"),
-    default_only("profiling.enable_memory_snapshot", "Titan cannot record memory snapshots yet"),
+    default_only(
+        "profiling.enable_profiling",
+        "Titan has no profiler yet; use nsys or perf",
+    ),
+    default_only(
+        "profiling.enable_memory_snapshot",
+        "Titan cannot record memory snapshots yet",
+    ),
     default_only(
         "model.converters",
         "Titan has no model converters (float8 / MX quantization) yet",
@@ -55,7 +61,10 @@ pub const UNSUPPORTED: &[SupportRule] = &[
         "optimizer.early_step_in_backward",
         "Titan steps the optimizer after backward only",
     ),
-    default_only("training.enable_cpu_offload", "Titan has no CPU offload yet"),
+    default_only(
+        "training.enable_cpu_offload",
+        "Titan has no CPU offload yet",
+    ),
     default_only(
         "training.dtype",
         "Titan keeps float32 master weights; pure bfloat16 training is not built yet",
@@ -85,7 +94,10 @@ pub const UNSUPPORTED: &[SupportRule] = &[
         "comm.mode",
         "Titan has no fake or simulated communication backend yet",
     ),
-    default_only("fault_tolerance.enable", "Titan has no fault tolerance (TorchFT) yet"),
+    default_only(
+        "fault_tolerance.enable",
+        "Titan has no fault tolerance (TorchFT) yet",
+    ),
     default_only(
         "job.custom_config_module",
         "Titan cannot import Python modules; extend the Rust config instead",
@@ -104,17 +116,41 @@ pub const UNSUPPORTED: &[SupportRule] = &[
 pub const IGNORED: &[(&str, &str)] = &[
     ("training.gc_freq", "Rust has no garbage collector"),
     ("training.gc_debug", "Rust has no garbage collector"),
-    ("training.dataloader.num_workers", "Titan's data pipeline runs in-process"),
-    ("training.dataloader.persistent_workers", "Titan's data pipeline runs in-process"),
-    ("training.dataloader.pin_memory", "Titan's data pipeline runs in-process"),
-    ("training.dataloader.prefetch_factor", "Titan's data pipeline runs in-process"),
-    ("validation.dataloader.num_workers", "Titan's data pipeline runs in-process"),
-    ("validation.dataloader.persistent_workers", "Titan's data pipeline runs in-process"),
-    ("validation.dataloader.pin_memory", "Titan's data pipeline runs in-process"),
-    ("validation.dataloader.prefetch_factor", "Titan's data pipeline runs in-process"),
+    (
+        "training.dataloader.num_workers",
+        "configures PyTorch's DataLoader, which Titan does not use",
+    ),
+    (
+        "training.dataloader.persistent_workers",
+        "configures PyTorch's DataLoader, which Titan does not use",
+    ),
+    (
+        "training.dataloader.pin_memory",
+        "configures PyTorch's DataLoader, which Titan does not use",
+    ),
+    (
+        "training.dataloader.prefetch_factor",
+        "configures PyTorch's DataLoader, which Titan does not use",
+    ),
+    (
+        "validation.dataloader.num_workers",
+        "configures PyTorch's DataLoader, which Titan does not use",
+    ),
+    (
+        "validation.dataloader.persistent_workers",
+        "configures PyTorch's DataLoader, which Titan does not use",
+    ),
+    (
+        "validation.dataloader.pin_memory",
+        "configures PyTorch's DataLoader, which Titan does not use",
+    ),
+    (
+        "validation.dataloader.prefetch_factor",
+        "configures PyTorch's DataLoader, which Titan does not use",
+    ),
     (
         "optimizer.implementation",
-        "Titan has one optimizer implementation (same numerics)",
+        "selects among PyTorch's optimizer kernels; Titan has its own step (same math)",
     ),
     (
         "model.print_after_conversion",
@@ -122,23 +158,41 @@ pub const IGNORED: &[(&str, &str)] = &[
     ),
     ("compile.components", "Titan has no compiler"),
     ("compile.backend", "Titan has no compiler"),
-    ("activation_checkpoint.early_stop", "applies to PyTorch's checkpoint wrapper only"),
+    (
+        "activation_checkpoint.early_stop",
+        "applies to PyTorch's checkpoint wrapper only",
+    ),
     (
         "activation_checkpoint.preserve_rng_state",
-        "Titan's forward uses no RNG, so recomputation is always identical",
+        "Llama has no dropout: there is no RNG state to preserve",
     ),
-    ("activation_checkpoint.determinism_check", "applies to PyTorch's checkpoint wrapper only"),
-    ("activation_checkpoint.debug", "applies to PyTorch's checkpoint wrapper only"),
+    (
+        "activation_checkpoint.determinism_check",
+        "applies to PyTorch's checkpoint wrapper only",
+    ),
+    (
+        "activation_checkpoint.debug",
+        "applies to PyTorch's checkpoint wrapper only",
+    ),
     (
         "activation_checkpoint.per_op_sac_force_recompute_mm_shapes_by_fqns",
         "only MoE router shapes are listed by default, and Titan has no MoE",
     ),
-    ("debug.deterministic_warn_only", "Titan's kernels are deterministic"),
+    (
+        "debug.deterministic_warn_only",
+        "applies to PyTorch's deterministic-algorithms switch only",
+    ),
     ("debug.moe_force_load_balance", "Titan has no MoE models"),
     ("comm.trace_buf_size", "Titan has no flight recorder"),
     ("comm.save_traces_folder", "Titan has no flight recorder"),
-    ("comm.save_traces_file_prefix", "Titan has no flight recorder"),
-    ("memory_estimation.disable_fake_mode", "Titan estimates memory analytically"),
+    (
+        "comm.save_traces_file_prefix",
+        "Titan has no flight recorder",
+    ),
+    (
+        "memory_estimation.disable_fake_mode",
+        "applies to PyTorch's FakeTensorMode only",
+    ),
     (
         "quantize",
         "quantize.* only matters with model.converters, which Titan does not support yet",
@@ -245,9 +299,18 @@ impl JobConfig {
     }
 }
 
-/// `true` when Titan refuses some values of this option (for help text).
-pub(crate) fn is_restricted(key: &str) -> bool {
-    UNSUPPORTED.iter().any(|rule| rule.key == key)
+/// What Titan does with this option, for help text: `None` when it is fully supported.
+pub(crate) fn titan_note(key: &str) -> Option<String> {
+    if let Some(rule) = UNSUPPORTED.iter().find(|rule| rule.key == key) {
+        return Some(match rule.accepted {
+            Accepted::DefaultOnly => "Titan: default only".to_string(),
+            Accepted::OneOf(values) => format!("Titan: only {}", values.join(" | ")),
+        });
+    }
+    IGNORED
+        .iter()
+        .any(|(prefix, _)| options_under(prefix).any(|k| k == key))
+        .then(|| "Titan: no effect".to_string())
 }
 
 #[cfg(test)]

@@ -104,7 +104,10 @@ impl JobConfig {
 
         for (key, seconds) in [
             ("comm.init_timeout_seconds", self.comm.init_timeout_seconds),
-            ("comm.train_timeout_seconds", self.comm.train_timeout_seconds),
+            (
+                "comm.train_timeout_seconds",
+                self.comm.train_timeout_seconds,
+            ),
         ] {
             c.require(seconds >= 1, key, seconds, "must be at least 1 second");
         }
@@ -198,19 +201,33 @@ impl JobConfig {
                 "parallelism.data_parallel_replicate_degree",
                 p.data_parallel_replicate_degree,
             ),
-            ("parallelism.tensor_parallel_degree", p.tensor_parallel_degree),
+            (
+                "parallelism.tensor_parallel_degree",
+                p.tensor_parallel_degree,
+            ),
             (
                 "parallelism.pipeline_parallel_degree",
                 p.pipeline_parallel_degree,
             ),
-            ("parallelism.context_parallel_degree", p.context_parallel_degree),
-            ("parallelism.expert_parallel_degree", p.expert_parallel_degree),
+            (
+                "parallelism.context_parallel_degree",
+                p.context_parallel_degree,
+            ),
+            (
+                "parallelism.expert_parallel_degree",
+                p.expert_parallel_degree,
+            ),
             (
                 "parallelism.pipeline_parallel_microbatch_size",
                 p.pipeline_parallel_microbatch_size,
             ),
         ] {
-            c.require(degree >= 1, key, degree, "must be at least 1 (1 means disabled)");
+            c.require(
+                degree >= 1,
+                key,
+                degree,
+                "must be at least 1 (1 means disabled)",
+            );
         }
         c.require(
             p.data_parallel_shard_degree == -1 || p.data_parallel_shard_degree >= 1,
@@ -246,7 +263,10 @@ impl JobConfig {
                 self.training.seq_len % (2 * cp) == 0,
                 "training.seq_len",
                 self.training.seq_len,
-                &format!("must be divisible by 2 * parallelism.context_parallel_degree = {}", 2 * cp),
+                &format!(
+                    "must be divisible by 2 * parallelism.context_parallel_degree = {}",
+                    2 * cp
+                ),
             );
         }
         let tp = p.tensor_parallel_degree;

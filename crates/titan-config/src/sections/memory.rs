@@ -81,8 +81,10 @@ impl OptionType for SelectiveAcOption {
     fn type_name() -> String {
         "str (\"op\" or a layer interval N >= 1, e.g. \"2\")".into()
     }
-    fn cli_value(text: &str) -> Result<Option<toml::Value>, ()> {
-        Ok(Some(toml::Value::String(text.to_string())))
+    fn cli_value(text: &str) -> Option<crate::schema::CliValue> {
+        Some(crate::schema::CliValue::Set(toml::Value::String(
+            text.to_string(),
+        )))
     }
 }
 

@@ -24,8 +24,8 @@ pub use model::{AttnMaskType, Model};
 pub use observe::{Metrics, Profiling};
 pub use optim::{DecayType, LrScheduler, Optimizer, OptimizerImplementation, OptimizerName};
 pub use parallelism::{
-    Comm, CommMode, CpLoadBalancer, CpRotateMethod, EpCommBackend, FaultTolerance,
-    FtProcessGroup, Parallelism, ReshardAfterForward, SemiSyncMethod,
+    Comm, CommMode, CpLoadBalancer, CpRotateMethod, EpCommBackend, FaultTolerance, FtProcessGroup,
+    Parallelism, ReshardAfterForward, SemiSyncMethod,
 };
 pub use training::{DataLoader, Device, FloatDtype, ReduceDtype, Training, Validation};
 
