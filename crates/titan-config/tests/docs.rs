@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-const BEGIN: &str = "<!-- BEGIN GENERATED: TITAN_BLESS=1 cargo test -p titan-config --test docs -->";
+const BEGIN: &str =
+    "<!-- BEGIN GENERATED: TITAN_BLESS=1 cargo test -p titan-config --test docs -->";
 const END: &str = "<!-- END GENERATED -->";
 
 #[test]
