@@ -1,0 +1,102 @@
+//! Process groups: the collectives training needs, on candle tensors.
+//!
+//! [`ProcessGroup`] is the one interface strategies (FSDP, DDP, meshes) talk to. Backends:
+//! - in-process threads ([`local_world`], [`run_local`]): ranks are threads sharing mailboxes,
+//!   for tests and CI;
+//! - TCP ([`crate::init::init_process_group`]): one process per rank over sockets, for
+//!   `--nproc-per-node N` on a CPU machine and for bootstrap;
+//! - NCCL (planned, `nccl` feature): device collectives on CUDA streams.
+//!
+//! Both host backends run the same star-shaped algorithms (see [`host_group`]): results are
+//! bitwise deterministic and identical on every rank; every wait is bounded by the timeout.
+
+pub(crate) mod host_group;
+pub(crate) mod local;
+pub(crate) mod mailbox;
+pub(crate) mod payload;
+pub(crate) mod tcp;
+pub(crate) mod transport;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use candle_core::{DType, Device, Shape, Tensor};
+
+use crate::Result;
+
+pub use local::{local_world, run_local};
+
+/// How a reduction combines the ranks' values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduceOp {
+    /// Element-wise sum (in group-rank order on the host backends).
+    Sum,
+    /// Sum divided by the group size (floats only).
+    Avg,
+    /// Element-wise maximum (NaN wins).
+    Max,
+    /// Element-wise minimum (NaN wins).
+    Min,
+}
+
+/// A shared handle to a process group.
+pub type Group = Arc<dyn ProcessGroup>;
+
+/// A set of ranks that run collectives together.
+///
+/// Every member must call the same collectives, with the same shapes and dtypes, in the same
+/// order (SPMD); a process may use a group from one thread at a time. Ranks in arguments
+/// (`root`, `dst`, `src`) are ranks *within the group*; ranks in errors are global ranks, the
+/// numbers in the logs. Every wait is bounded by [`ProcessGroup::timeout`]: a rank that never
+/// arrives gives [`crate::Error::Timeout`] naming it, a rank that exits gives
+/// [`crate::Error::PeerDied`].
+pub trait ProcessGroup: Send + Sync + std::fmt::Debug {
+    /// This process's rank within the group.
+    fn rank(&self) -> usize;
+    /// Number of ranks in the group.
+    fn size(&self) -> usize;
+    /// The global rank of every member, indexed by group rank.
+    fn global_ranks(&self) -> &[usize];
+    /// A name for messages, e.g. `dp_shard[0, 1]`.
+    fn name(&self) -> &str;
+    /// The backend (`threads`, `tcp`, `nccl`).
+    fn backend(&self) -> &'static str;
+    /// The device scalar helpers should put their tensors on.
+    fn device(&self) -> Device;
+
+    /// Element-wise reduction; every rank gets the same result.
+    fn all_reduce(&self, t: &Tensor, op: ReduceOp) -> Result<Tensor>;
+    /// Concatenation of every rank's tensor along dim 0, in group-rank order. Shapes must be
+    /// equal on every rank (pad uneven shards first).
+    fn all_gather(&self, t: &Tensor) -> Result<Tensor>;
+    /// Reduction of every rank's tensor, then chunk `rank` of `size` equal chunks along dim 0.
+    fn reduce_scatter(&self, t: &Tensor, op: ReduceOp) -> Result<Tensor>;
+    /// Rank `root`'s tensor on every rank (others pass a tensor of the same shape and dtype).
+    fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor>;
+    /// Point-to-point send to group rank `dst` (matched by the `dst`'s `recv` in order).
+    fn send(&self, t: &Tensor, dst: usize) -> Result<()>;
+    /// Receive the next tensor group rank `src` sent to this rank.
+    fn recv(&self, shape: &Shape, dtype: DType, src: usize, device: &Device) -> Result<Tensor>;
+    /// Returns once every member has called it.
+    fn barrier(&self) -> Result<()>;
+
+    /// MPI-style split, collective over this group: members with the same `color` form a new
+    /// group ordered by (`key`, old rank); `None` joins no group (and gets `None`).
+    fn split(&self, color: Option<u32>, key: u32, name: &str) -> Result<Option<Group>>;
+    /// Split by an explicit partition of this group's ranks, known to every member (no
+    /// traffic). Every member must call it with the same partition; a rank listed in no part
+    /// gets `None`. Within a part, the order of the list is the new group's rank order.
+    fn split_by_ranks(&self, parts: &[Vec<usize>], name: &str) -> Result<Option<Group>>;
+
+    /// How long a collective waits for the other ranks.
+    fn timeout(&self) -> Duration;
+    /// Changes the timeout of this process's communicator: every group split from the same
+    /// world (torchtitan switches from `comm.init_timeout_seconds` to
+    /// `comm.train_timeout_seconds` after the first step).
+    fn set_timeout(&self, timeout: Duration);
+
+    /// This process's global rank.
+    fn global_rank(&self) -> usize {
+        self.global_ranks()[self.rank()]
+    }
+}

@@ -1,0 +1,133 @@
+//! Building the world group from the environment (torch's `init_process_group("env://")`).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::comm::host_group::HostGroup;
+use crate::comm::tcp::TcpTransport;
+use crate::comm::{local_world, Group};
+use crate::env::DistEnv;
+use crate::store::{StoreClient, StoreServer};
+use crate::{Error, Result};
+
+/// torchtitan's `[comm]` timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommOptions {
+    /// For rendezvous and collectives until the first step completes
+    /// (`comm.init_timeout_seconds`, default 300).
+    pub init_timeout: Duration,
+    /// For collectives afterwards (`comm.train_timeout_seconds`, default 100): switch with
+    /// [`crate::ProcessGroup::set_timeout`] once the first step is done.
+    pub train_timeout: Duration,
+}
+
+impl Default for CommOptions {
+    fn default() -> Self {
+        Self::from_seconds(300, 100)
+    }
+}
+
+impl CommOptions {
+    /// From `comm.init_timeout_seconds` and `comm.train_timeout_seconds`.
+    pub fn from_seconds(init_timeout_seconds: u64, train_timeout_seconds: u64) -> Self {
+        Self {
+            init_timeout: Duration::from_secs(init_timeout_seconds),
+            train_timeout: Duration::from_secs(train_timeout_seconds),
+        }
+    }
+}
+
+/// The rendezvous of one job: rank 0 hosts the store, every rank holds a connection to it.
+/// Backends build their world from it (TCP now; NCCL will publish its unique id through it).
+#[derive(Debug)]
+pub struct Rendezvous {
+    env: DistEnv,
+    store: StoreClient,
+    server: Option<Arc<StoreServer>>,
+}
+
+impl Rendezvous {
+    /// Rank 0 starts the store on `MASTER_ADDR:MASTER_PORT`; every rank connects to it,
+    /// retrying until `timeout`.
+    pub fn connect(env: &DistEnv, timeout: Duration) -> Result<Self> {
+        let server = if env.rank == 0 {
+            Some(Arc::new(StoreServer::start(store_bind_addr(env)?)?))
+        } else {
+            None
+        };
+        let store = StoreClient::connect(&env.master_addr, env.master_port, timeout)?;
+        Ok(Self {
+            env: env.clone(),
+            store,
+            server,
+        })
+    }
+
+    /// This process's place in the job.
+    pub fn env(&self) -> &DistEnv {
+        &self.env
+    }
+
+    /// The store (for backends and tools that exchange small values at startup).
+    pub fn store(&self) -> &StoreClient {
+        &self.store
+    }
+
+    /// The world over TCP sockets between all ranks (collectives wait at most `timeout`).
+    pub fn tcp_world(&self, timeout: Duration) -> Result<Group> {
+        // Peers dial the address this host uses to reach the store: loopback stays loopback.
+        let local = self.store.local_ip();
+        let bind_ip = if local.is_loopback() {
+            local
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
+        let transport = TcpTransport::connect(
+            &self.store,
+            self.server.clone(),
+            self.env.rank,
+            self.env.world_size,
+            bind_ip,
+            timeout,
+        )?;
+        Ok(HostGroup::world(transport))
+    }
+}
+
+/// Where rank 0's store listens: `MASTER_ADDR` itself when it is a loopback address (nothing
+/// outside the machine needs it), else every interface on `MASTER_PORT`.
+fn store_bind_addr(env: &DistEnv) -> Result<SocketAddr> {
+    let resolved: Vec<SocketAddr> = (env.master_addr.as_str(), env.master_port)
+        .to_socket_addrs()
+        .map_err(|e| Error::Env {
+            var: "MASTER_ADDR".into(),
+            value: env.master_addr.clone(),
+            reason: format!("cannot be resolved ({e}): use rank 0's hostname or IP"),
+        })?
+        .collect();
+    Ok(match resolved.first() {
+        Some(first) if resolved.iter().all(|a| a.ip().is_loopback()) => *first,
+        _ => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), env.master_port),
+    })
+}
+
+/// The world group for this process: a trivial one-rank group when `env.world_size == 1`,
+/// else the TCP backend through a rendezvous at `MASTER_ADDR:MASTER_PORT`. Collectives use
+/// `opts.init_timeout` until the caller switches to `opts.train_timeout` after the first step.
+pub fn init_process_group(env: &DistEnv, opts: &CommOptions) -> Result<Group> {
+    if env.world_size == 1 {
+        let mut world = local_world(1, opts.init_timeout)?;
+        return world
+            .pop()
+            .ok_or_else(|| Error::Launch("no world group".into()));
+    }
+    tracing::info!(
+        rank = env.rank,
+        world_size = env.world_size,
+        master = %format!("{}:{}", env.master_addr, env.master_port),
+        "initializing the TCP process group"
+    );
+    let rdzv = Rendezvous::connect(env, opts.init_timeout)?;
+    rdzv.tcp_world(opts.init_timeout)
+}

@@ -1,0 +1,23 @@
+//! Titan's distributed runtime and data parallelism.
+//!
+//! This crate owns how ranks find each other (torchrun/Slurm rendezvous, a TCP store), how
+//! they talk ([`ProcessGroup`]: in-process threads, TCP; NCCL planned), how a job is laid out
+//! ([`DeviceMesh`] from torchtitan's `parallelism.*` degrees), how a local multi-process job is
+//! launched, and how parameters and gradients are distributed (FSDP, HSDP, DDP) through
+//! titan-core's [`titan_core::BlockHooks`].
+//!
+//! It must NOT know any model: strategies work on any [`titan_core::LayeredModel`] /
+//! [`titan_core::Module`] through units and parameter names. It knows nothing of optimizers,
+//! data or checkpoint formats either: it hands the optimizer titan-core [`titan_core::Param`]s
+//! (shards under FSDP) and the checkpointer shard metadata.
+
+pub mod comm;
+pub mod env;
+pub mod error;
+pub mod init;
+pub mod store;
+
+pub use comm::{local_world, run_local, Group, ProcessGroup, ReduceOp};
+pub use env::{parse_nodelist, DistEnv, EnvSource};
+pub use error::{Error, Result};
+pub use init::{init_process_group, CommOptions, Rendezvous};
