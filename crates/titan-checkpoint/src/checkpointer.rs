@@ -23,7 +23,11 @@ pub enum LoadPlan {
     /// Resume from a complete checkpoint of `checkpoint.folder` (step 0 is model-only).
     Resume { step: u64, dir: PathBuf },
     /// Start from `initial_load_path` (or `hf_assets_path` for HF).
-    Initial { path: PathBuf, model_only: bool, hf: bool },
+    Initial {
+        path: PathBuf,
+        model_only: bool,
+        hf: bool,
+    },
 }
 
 /// A background write in flight.
@@ -52,7 +56,12 @@ impl Checkpointer {
                 fix: "Hugging Face folders hold the model only: also set checkpoint.initial_load_model_only = true".into(),
             });
         }
-        Ok(Self { cfg, pending: None, hf_adapter: None, interactive: true })
+        Ok(Self {
+            cfg,
+            pending: None,
+            hf_adapter: None,
+            interactive: true,
+        })
     }
 
     /// The configuration.
@@ -81,7 +90,9 @@ impl Checkpointer {
         if !self.cfg.enable || self.cfg.load_only {
             return false;
         }
-        (step == 1 && self.cfg.enable_first_step_checkpoint) || last_step || step % self.cfg.interval == 0
+        (step == 1 && self.cfg.enable_first_step_checkpoint)
+            || last_step
+            || step % self.cfg.interval == 0
     }
 
     /// Whether a save of `step` holds the model only (seed checkpoint, or last step with
@@ -131,7 +142,13 @@ impl Checkpointer {
         let job = move || -> Result<()> {
             save::write_rank(&folder, &staged, interactive)?;
             if finalize_here {
-                save::finalize(&folder, staged.step, keep, hf_adapter.as_deref(), interactive)?;
+                save::finalize(
+                    &folder,
+                    staged.step,
+                    keep,
+                    hf_adapter.as_deref(),
+                    interactive,
+                )?;
             }
             Ok(())
         };
@@ -167,12 +184,20 @@ impl Checkpointer {
 
     /// Join the background write in flight, if any, and return its result.
     pub fn wait(&mut self) -> Result<()> {
-        let Some(p) = self.pending.take() else { return Ok(()) };
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
         let started = Instant::now();
-        let result = p.handle.join().map_err(|_| Error::WriterPanicked { step: p.step })?;
+        let result = p
+            .handle
+            .join()
+            .map_err(|_| Error::WriterPanicked { step: p.step })?;
         let waited = started.elapsed().as_secs_f64();
         if waited > 0.01 {
-            tracing::info!("Waited {waited:.2} seconds for the background write of checkpoint step {}.", p.step);
+            tracing::info!(
+                "Waited {waited:.2} seconds for the background write of checkpoint step {}.",
+                p.step
+            );
         }
         result
     }
@@ -186,8 +211,18 @@ impl Checkpointer {
     /// partial indexes, mark the step complete, rename it into place and purge old steps.
     pub fn finalize(&mut self, step: u64) -> Result<PathBuf> {
         self.wait()?;
-        let adapter = if self.cfg.last_save_in_hf { self.hf_adapter.clone() } else { None };
-        save::finalize(&self.cfg.folder, step, self.cfg.keep_latest_k, adapter.as_deref(), self.interactive)
+        let adapter = if self.cfg.last_save_in_hf {
+            self.hf_adapter.clone()
+        } else {
+            None
+        };
+        save::finalize(
+            &self.cfg.folder,
+            step,
+            self.cfg.keep_latest_k,
+            adapter.as_deref(),
+            self.interactive,
+        )
     }
 
     /// Steps of the complete checkpoints, ascending.
@@ -215,14 +250,29 @@ impl Checkpointer {
                     self.cfg.folder.display()
                 );
             }
-            let step = if self.cfg.load_step < 0 { latest } else { self.cfg.load_step as u64 };
+            let step = if self.cfg.load_step < 0 {
+                latest
+            } else {
+                self.cfg.load_step as u64
+            };
             if !steps.contains(&step) {
-                return Err(Error::StepNotFound { step, folder: self.cfg.folder.clone(), available: steps });
+                return Err(Error::StepNotFound {
+                    step,
+                    folder: self.cfg.folder.clone(),
+                    available: steps,
+                });
             }
-            return Ok(LoadPlan::Resume { step, dir: self.step_dir(step) });
+            return Ok(LoadPlan::Resume {
+                step,
+                dir: self.step_dir(step),
+            });
         }
         if self.cfg.load_step >= 0 {
-            return Err(Error::StepNotFound { step: self.cfg.load_step as u64, folder: self.cfg.folder.clone(), available: steps });
+            return Err(Error::StepNotFound {
+                step: self.cfg.load_step as u64,
+                folder: self.cfg.folder.clone(),
+                available: steps,
+            });
         }
         let hf = self.cfg.initial_load_in_hf;
         let path = match (&self.cfg.initial_load_path, &self.cfg.hf_assets_path) {
@@ -244,11 +294,18 @@ impl Checkpointer {
                 fix: "it must be an existing folder (a step-N checkpoint folder, or a Hugging Face folder with initial_load_in_hf)".into(),
             });
         }
-        Ok(LoadPlan::Initial { path, model_only: self.cfg.initial_load_model_only, hf })
+        Ok(LoadPlan::Initial {
+            path,
+            model_only: self.cfg.initial_load_model_only,
+            hf,
+        })
     }
 
     fn filter(&self, model_only: bool) -> LoadFilter {
-        LoadFilter { model_only, exclude: self.cfg.exclude_from_loading.clone() }
+        LoadFilter {
+            model_only,
+            exclude: self.cfg.exclude_from_loading.clone(),
+        }
     }
 
     /// Carry out a plan: `None` for a fresh start.
@@ -256,8 +313,14 @@ impl Checkpointer {
         let started = Instant::now();
         let state = match plan {
             LoadPlan::Fresh => return Ok(None),
-            LoadPlan::Resume { step, dir } => load_step_dir(dir, wants, &self.filter(*step == 0), self.interactive)?,
-            LoadPlan::Initial { path, model_only, hf: false } => load_step_dir(path, wants, &self.filter(*model_only), self.interactive)?,
+            LoadPlan::Resume { step, dir } => {
+                load_step_dir(dir, wants, &self.filter(*step == 0), self.interactive)?
+            }
+            LoadPlan::Initial {
+                path,
+                model_only,
+                hf: false,
+            } => load_step_dir(path, wants, &self.filter(*model_only), self.interactive)?,
             LoadPlan::Initial { path, hf: true, .. } => self.load_hf(path, wants)?,
         };
         tracing::info!(
@@ -273,12 +336,16 @@ impl Checkpointer {
         let adapter = self.hf_adapter.as_deref().ok_or_else(|| Error::Config {
             field: "initial_load_in_hf",
             value: "true".into(),
-            fix: "call Checkpointer::set_hf_adapter with the model's StateDictAdapter before loading".into(),
+            fix:
+                "call Checkpointer::set_hf_adapter with the model's StateDictAdapter before loading"
+                    .into(),
         })?;
         let filter = self.filter(true);
-        let (kept, mut skipped): (Vec<TensorRequest>, Vec<TensorRequest>) = wants.iter().cloned().partition(|r| {
-            crate::keys::model_fqn(&r.name).is_some() && !filter.exclude.iter().any(|e| e == crate::keys::MODEL)
-        });
+        let (kept, mut skipped): (Vec<TensorRequest>, Vec<TensorRequest>) =
+            wants.iter().cloned().partition(|r| {
+                crate::keys::model_fqn(&r.name).is_some()
+                    && !filter.exclude.iter().any(|e| e == crate::keys::MODEL)
+            });
         let (tensors, more_skipped) = hf::load_hf(path, adapter, &kept, self.interactive)?;
         let mut skipped: Vec<String> = skipped.drain(..).map(|r| r.name).collect();
         skipped.extend(more_skipped);
@@ -302,9 +369,18 @@ impl Checkpointer {
     pub fn load_step(&self, step: u64, wants: &[TensorRequest]) -> Result<LoadedState> {
         let steps = self.complete_steps()?;
         if !steps.contains(&step) {
-            return Err(Error::StepNotFound { step, folder: self.cfg.folder.clone(), available: steps });
+            return Err(Error::StepNotFound {
+                step,
+                folder: self.cfg.folder.clone(),
+                available: steps,
+            });
         }
-        load_step_dir(&self.step_dir(step), wants, &self.filter(step == 0), self.interactive)
+        load_step_dir(
+            &self.step_dir(step),
+            wants,
+            &self.filter(step == 0),
+            self.interactive,
+        )
     }
 
     /// Hash every file of `step`'s checkpoint against its index.

@@ -109,10 +109,18 @@ impl CheckpointConfig {
     /// Reject option values torchtitan rejects, naming the option and the fix.
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &'static str, value: String, fix: &str| {
-            Err(Error::Config { field, value, fix: fix.to_string() })
+            Err(Error::Config {
+                field,
+                value,
+                fix: fix.to_string(),
+            })
         };
         if self.interval == 0 {
-            return bad("interval", "0".into(), "use a positive number of steps between saves");
+            return bad(
+                "interval",
+                "0".into(),
+                "use a positive number of steps between saves",
+            );
         }
         if self.keep_latest_k == 1 {
             return bad(
@@ -129,7 +137,11 @@ impl CheckpointConfig {
             );
         }
         if self.folder.as_os_str().is_empty() {
-            return bad("folder", "\"\"".into(), "name a folder (torchtitan's default is \"checkpoint\")");
+            return bad(
+                "folder",
+                "\"\"".into(),
+                "name a folder (torchtitan's default is \"checkpoint\")",
+            );
         }
         if self.create_seed_checkpoint && !self.enable {
             return bad(
@@ -145,7 +157,11 @@ impl CheckpointConfig {
                 "Hugging Face folders hold the model only: also set checkpoint.last_save_model_only = true",
             );
         }
-        if let Some(key) = self.exclude_from_loading.iter().find(|k| k.is_empty() || k.contains('.')) {
+        if let Some(key) = self
+            .exclude_from_loading
+            .iter()
+            .find(|k| k.is_empty() || k.contains('.'))
+        {
             return bad(
                 "exclude_from_loading",
                 format!("{:?}", self.exclude_from_loading),
@@ -190,12 +206,18 @@ mod tests {
     #[test]
     fn rejects_what_torchtitan_rejects() {
         let with = |f: &dyn Fn(&mut CheckpointConfig)| {
-            let mut c = CheckpointConfig { enable: true, ..Default::default() };
+            let mut c = CheckpointConfig {
+                enable: true,
+                ..Default::default()
+            };
             f(&mut c);
             c.validate()
         };
         let msg = with(&|c| c.keep_latest_k = 1).unwrap_err().to_string();
-        assert!(msg.contains("keep_latest_k") && msg.contains("at least 2"), "{msg}");
+        assert!(
+            msg.contains("keep_latest_k") && msg.contains("at least 2"),
+            "{msg}"
+        );
         assert!(with(&|c| c.interval = 0).is_err());
         assert!(with(&|c| c.load_step = -2).is_err());
         assert!(with(&|c| {

@@ -21,7 +21,12 @@ pub fn st_dtype(name: &str, dtype: DType) -> Result<StDtype> {
         DType::F16 => StDtype::F16,
         DType::F32 => StDtype::F32,
         DType::F64 => StDtype::F64,
-        other => return Err(Error::UnsupportedDType { name: name.to_string(), dtype: other }),
+        other => {
+            return Err(Error::UnsupportedDType {
+                name: name.to_string(),
+                dtype: other,
+            })
+        }
     })
 }
 
@@ -69,7 +74,10 @@ pub fn tensor_to_le_bytes(name: &str, t: &Tensor) -> Result<Vec<u8>> {
     let t = t.to_device(&Device::Cpu)?.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
-        return Err(Error::Request { name: name.to_string(), reason: "tensor did not move to host memory".into() });
+        return Err(Error::Request {
+            name: name.to_string(),
+            reason: "tensor did not move to host memory".into(),
+        });
     };
     let (start, end) = layout.contiguous_offsets().ok_or_else(|| Error::Request {
         name: name.to_string(),
@@ -85,7 +93,12 @@ pub fn tensor_to_le_bytes(name: &str, t: &Tensor) -> Result<Vec<u8>> {
         CpuStorage::F16(v) => le_bytes(&v[start..end], |x| x.to_bits().to_le_bytes()),
         CpuStorage::F32(v) => le_bytes(&v[start..end], f32::to_le_bytes),
         CpuStorage::F64(v) => le_bytes(&v[start..end], f64::to_le_bytes),
-        _ => return Err(Error::UnsupportedDType { name: name.to_string(), dtype: t.dtype() }),
+        _ => {
+            return Err(Error::UnsupportedDType {
+                name: name.to_string(),
+                dtype: t.dtype(),
+            })
+        }
     })
 }
 
@@ -101,12 +114,24 @@ mod tests {
     #[test]
     fn bytes_round_trip_for_every_stored_dtype() -> Result<()> {
         let base = Tensor::arange(0f32, 12., &Device::Cpu)?.reshape((3, 4))?;
-        for dtype in [DType::F32, DType::BF16, DType::F16, DType::F64, DType::U8, DType::U32, DType::I64] {
+        for dtype in [
+            DType::F32,
+            DType::BF16,
+            DType::F16,
+            DType::F64,
+            DType::U8,
+            DType::U32,
+            DType::I64,
+        ] {
             let t = base.to_dtype(dtype)?;
             let bytes = tensor_to_le_bytes("t", &t)?;
             assert_eq!(bytes.len(), 12 * dtype.size_in_bytes());
             let back = tensor_from_le_bytes(&bytes, dtype, &[3, 4])?;
-            assert_eq!(back.to_dtype(DType::F32)?.to_vec2::<f32>()?, base.to_vec2::<f32>()?, "{dtype:?}");
+            assert_eq!(
+                back.to_dtype(DType::F32)?.to_vec2::<f32>()?,
+                base.to_vec2::<f32>()?,
+                "{dtype:?}"
+            );
             let st = st_dtype("t", dtype)?;
             assert_eq!(parse_dtype_name(&dtype_name(st)), Some(dtype));
         }
@@ -115,7 +140,10 @@ mod tests {
         let bytes = tensor_to_le_bytes("t", &tr)?;
         let back = tensor_from_le_bytes(&bytes, DType::F32, &[4, 3])?;
         assert_eq!(back.to_vec2::<f32>()?, tr.to_vec2::<f32>()?);
-        assert_eq!(f32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]), 4.0);
+        assert_eq!(
+            f32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+            4.0
+        );
         Ok(())
     }
 }

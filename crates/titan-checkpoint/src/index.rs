@@ -96,7 +96,10 @@ impl CheckpointIndex {
     /// Parse an index, refusing other formats and versions.
     pub fn from_json(path: &Path, bytes: &[u8]) -> Result<Self> {
         let index: CheckpointIndex = serde_json::from_slice(bytes).map_err(Error::json(path))?;
-        if index.format != FORMAT_NAME || index.version != FORMAT_VERSION || index.checksum != CHECKSUM_NAME {
+        if index.format != FORMAT_NAME
+            || index.version != FORMAT_VERSION
+            || index.checksum != CHECKSUM_NAME
+        {
             return Err(Error::NotACheckpoint {
                 dir: path.to_path_buf(),
                 reason: format!(
@@ -127,31 +130,52 @@ impl CheckpointIndex {
     }
 
     /// Merge the partial indexes of ranks `0..world_size` (in rank order) into one.
-    pub fn merge(step: u64, partials: Vec<(std::path::PathBuf, CheckpointIndex)>) -> Result<CheckpointIndex> {
+    pub fn merge(
+        step: u64,
+        partials: Vec<(std::path::PathBuf, CheckpointIndex)>,
+    ) -> Result<CheckpointIndex> {
         let Some((_, first)) = partials.first() else {
-            return Err(Error::BadLayout { name: "<all>".into(), step, reason: "no partial index to merge".into() });
+            return Err(Error::BadLayout {
+                name: "<all>".into(),
+                step,
+                reason: "no partial index to merge".into(),
+            });
         };
         let world_size = first.world_size;
         let model_only = first.model_only;
         let mut merged = CheckpointIndex::new(step, world_size, None, model_only);
         let mut blob_rank: BTreeMap<String, usize> = BTreeMap::new();
         for (expected_rank, (path, p)) in partials.into_iter().enumerate() {
-            let bad = |reason: String| Error::PartialIndex { path: path.clone(), reason };
+            let bad = |reason: String| Error::PartialIndex {
+                path: path.clone(),
+                reason,
+            };
             if p.step != step {
                 return Err(bad(format!("it is for step {}, not {step}", p.step)));
             }
             if p.world_size != world_size {
-                return Err(bad(format!("world_size {} differs from rank 0's {world_size}", p.world_size)));
+                return Err(bad(format!(
+                    "world_size {} differs from rank 0's {world_size}",
+                    p.world_size
+                )));
             }
             if p.rank != Some(expected_rank) {
-                return Err(bad(format!("it says rank {:?}, expected {expected_rank}", p.rank)));
+                return Err(bad(format!(
+                    "it says rank {:?}, expected {expected_rank}",
+                    p.rank
+                )));
             }
             if p.model_only != model_only {
-                return Err(bad(format!("model_only = {} differs from rank 0's {model_only}", p.model_only)));
+                return Err(bad(format!(
+                    "model_only = {} differs from rank 0's {model_only}",
+                    p.model_only
+                )));
             }
             for (file, entry) in p.files {
                 if merged.files.insert(file.clone(), entry).is_some() {
-                    return Err(bad(format!("file `{file}` is also claimed by another rank")));
+                    return Err(bad(format!(
+                        "file `{file}` is also claimed by another rank"
+                    )));
                 }
             }
             for (name, entry) in p.tensors {
@@ -200,14 +224,21 @@ impl CheckpointIndex {
     /// are errors).
     pub fn validate_layout(&self) -> Result<()> {
         for (name, entry) in &self.tensors {
-            let bad = |reason: String| Error::BadLayout { name: name.clone(), step: self.step, reason };
+            let bad = |reason: String| Error::BadLayout {
+                name: name.clone(),
+                step: self.step,
+                reason,
+            };
             self.dtype_of(name, entry)?;
             for s in &entry.shards {
                 if let Some(why) = s.region().out_of_bounds(&entry.global_shape) {
                     return Err(bad(format!("shard of rank {}: {why}", s.rank)));
                 }
                 if !self.files.contains_key(&s.file) {
-                    return Err(bad(format!("shard of rank {} names unknown file `{}`", s.rank, s.file)));
+                    return Err(bad(format!(
+                        "shard of rank {} names unknown file `{}`",
+                        s.rank, s.file
+                    )));
                 }
             }
             let mut regions: Vec<Region> = entry.shards.iter().map(ShardEntry::region).collect();
@@ -216,14 +247,19 @@ impl CheckpointIndex {
             // Sweep along dim 0: only shards starting before this one ends can overlap it.
             for i in 0..regions.len() {
                 for j in i + 1..regions.len() {
-                    if !regions[i].offset.is_empty() && regions[j].offset[0] >= regions[i].offset[0] + regions[i].shape[0] {
+                    if !regions[i].offset.is_empty()
+                        && regions[j].offset[0] >= regions[i].offset[0] + regions[i].shape[0]
+                    {
                         break;
                     }
                     if let Some(common) = regions[i].intersect(&regions[j]) {
                         if common.volume() > 0 {
                             return Err(bad(format!(
                                 "shards {:?}+{:?} and {:?}+{:?} overlap without being identical",
-                                regions[i].offset, regions[i].shape, regions[j].offset, regions[j].shape
+                                regions[i].offset,
+                                regions[i].shape,
+                                regions[j].offset,
+                                regions[j].shape
                             )));
                         }
                     }
@@ -246,10 +282,21 @@ impl CheckpointIndex {
 mod tests {
     use super::*;
 
-    fn partial(rank: usize, world: usize, rows: (usize, usize)) -> (std::path::PathBuf, CheckpointIndex) {
+    fn partial(
+        rank: usize,
+        world: usize,
+        rows: (usize, usize),
+    ) -> (std::path::PathBuf, CheckpointIndex) {
         let mut p = CheckpointIndex::new(3, world, Some(rank), false);
         let file = format!("rank-{rank}.safetensors");
-        p.files.insert(file.clone(), FileEntry { rank, bytes: 1, xxh64: "0".repeat(16) });
+        p.files.insert(
+            file.clone(),
+            FileEntry {
+                rank,
+                bytes: 1,
+                xxh64: "0".repeat(16),
+            },
+        );
         p.tensors.insert(
             "model.w".into(),
             TensorEntry {
@@ -264,28 +311,50 @@ mod tests {
                 }],
             },
         );
-        p.blobs.insert("train_state".into(), serde_json::json!({"step": 3}));
+        p.blobs
+            .insert("train_state".into(), serde_json::json!({"step": 3}));
         (format!("rank-{rank}.index.json").into(), p)
     }
 
     #[test]
     fn merges_tilings_and_rejects_gaps_overlaps_and_conflicts() {
-        let merged = CheckpointIndex::merge(3, vec![partial(0, 2, (0, 3)), partial(1, 2, (3, 5))]).unwrap();
+        let merged =
+            CheckpointIndex::merge(3, vec![partial(0, 2, (0, 3)), partial(1, 2, (3, 5))]).unwrap();
         assert_eq!(merged.tensors["model.w"].shards.len(), 2);
         assert_eq!(merged.rank, None);
 
-        let gap = CheckpointIndex::merge(3, vec![partial(0, 2, (0, 2)), partial(1, 2, (3, 5))]).unwrap_err();
+        let gap = CheckpointIndex::merge(3, vec![partial(0, 2, (0, 2)), partial(1, 2, (3, 5))])
+            .unwrap_err();
         assert!(gap.to_string().contains("cover 8 of 10"), "{gap}");
-        let overlap = CheckpointIndex::merge(3, vec![partial(0, 2, (0, 4)), partial(1, 2, (3, 5))]).unwrap_err();
+        let overlap = CheckpointIndex::merge(3, vec![partial(0, 2, (0, 4)), partial(1, 2, (3, 5))])
+            .unwrap_err();
         assert!(overlap.to_string().contains("overlap"), "{overlap}");
 
         let mut conflicting = partial(1, 2, (3, 5));
-        conflicting.1.blobs.insert("train_state".into(), serde_json::json!({"step": 4}));
+        conflicting
+            .1
+            .blobs
+            .insert("train_state".into(), serde_json::json!({"step": 4}));
         let err = CheckpointIndex::merge(3, vec![partial(0, 2, (0, 3)), conflicting]).unwrap_err();
-        assert!(matches!(err, Error::BlobConflict { first_rank: 0, second_rank: 1, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::BlobConflict {
+                    first_rank: 0,
+                    second_rank: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
 
-        let wrong_world = CheckpointIndex::merge(3, vec![partial(0, 2, (0, 3)), partial(1, 3, (3, 5))]).unwrap_err();
-        assert!(wrong_world.to_string().contains("world_size 3"), "{wrong_world}");
+        let wrong_world =
+            CheckpointIndex::merge(3, vec![partial(0, 2, (0, 3)), partial(1, 3, (3, 5))])
+                .unwrap_err();
+        assert!(
+            wrong_world.to_string().contains("world_size 3"),
+            "{wrong_world}"
+        );
     }
 
     #[test]
@@ -293,7 +362,11 @@ mod tests {
         let (_, mut a) = partial(0, 2, (0, 5));
         let (_, b) = partial(1, 2, (0, 5));
         a.files.extend(b.files);
-        a.tensors.get_mut("model.w").unwrap().shards.extend(b.tensors["model.w"].shards.clone());
+        a.tensors
+            .get_mut("model.w")
+            .unwrap()
+            .shards
+            .extend(b.tensors["model.w"].shards.clone());
         assert!(a.validate_layout().is_ok());
     }
 }

@@ -50,7 +50,10 @@ mod tests {
         assert_eq!(top_level(&optimizer("norm.weight", "exp_avg")), OPTIMIZER);
         assert_eq!(top_level(&dataloader(3)), DATALOADER);
         assert_eq!(top_level(TRAIN_STATE), TRAIN_STATE);
-        assert_eq!(model_fqn(&model("layers.0.attention.wq.weight")), Some("layers.0.attention.wq.weight"));
+        assert_eq!(
+            model_fqn(&model("layers.0.attention.wq.weight")),
+            Some("layers.0.attention.wq.weight")
+        );
         assert_eq!(model_fqn("modelx.w"), None);
     }
 }

@@ -76,16 +76,27 @@ pub fn complete_steps(folder: &Path) -> Result<Vec<u64>> {
     let entries = match fs::read_dir(folder) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::Io { op: "list", path: folder.to_path_buf(), source: e }),
+        Err(e) => {
+            return Err(Error::Io {
+                op: "list",
+                path: folder.to_path_buf(),
+                source: e,
+            })
+        }
     };
     let mut steps = Vec::new();
     for entry in entries {
         let entry = entry.map_err(Error::io("list", folder))?;
-        let Some(step) = entry.file_name().to_str().and_then(parse_step_dir) else { continue };
+        let Some(step) = entry.file_name().to_str().and_then(parse_step_dir) else {
+            continue;
+        };
         if is_complete(&entry.path()) {
             steps.push(step);
         } else {
-            tracing::debug!("ignoring {}: no {COMPLETE_MARKER} marker", entry.path().display());
+            tracing::debug!(
+                "ignoring {}: no {COMPLETE_MARKER} marker",
+                entry.path().display()
+            );
         }
     }
     steps.sort_unstable();
@@ -94,7 +105,9 @@ pub fn complete_steps(folder: &Path) -> Result<Vec<u64>> {
 
 /// fsync a folder, so renames and new entries inside it survive a power loss.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|f| f.sync_all()).map_err(Error::io("fsync", dir))
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(Error::io("fsync", dir))
 }
 
 /// Write `bytes` to `path` through a temporary sibling, fsync, rename, fsync the folder.
@@ -114,7 +127,10 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Read and verify a complete step folder's index: marker present, index hash matching.
 pub fn read_index(dir: &Path) -> Result<CheckpointIndex> {
-    let not = |reason: String| Error::NotACheckpoint { dir: dir.to_path_buf(), reason };
+    let not = |reason: String| Error::NotACheckpoint {
+        dir: dir.to_path_buf(),
+        reason,
+    };
     let marker_path = dir.join(COMPLETE_MARKER);
     let marker_bytes = match fs::read(&marker_path) {
         Ok(b) => b,
@@ -125,7 +141,8 @@ pub fn read_index(dir: &Path) -> Result<CheckpointIndex> {
         }
         Err(e) => return Err(Error::Io { op: "read", path: marker_path, source: e }),
     };
-    let marker: Marker = serde_json::from_slice(&marker_bytes).map_err(Error::json(&marker_path))?;
+    let marker: Marker =
+        serde_json::from_slice(&marker_bytes).map_err(Error::json(&marker_path))?;
     let index_path = dir.join(INDEX_FILE);
     let index_bytes = fs::read(&index_path).map_err(Error::io("read", &index_path))?;
     let got = xxh64(&index_bytes);
@@ -138,7 +155,10 @@ pub fn read_index(dir: &Path) -> Result<CheckpointIndex> {
     }
     let index = CheckpointIndex::from_json(&index_path, &index_bytes)?;
     if index.step != marker.step || marker.format != FORMAT_NAME {
-        return Err(not(format!("marker says step {} but index says step {}", marker.step, index.step)));
+        return Err(not(format!(
+            "marker says step {} but index says step {}",
+            marker.step, index.step
+        )));
     }
     Ok(index)
 }
@@ -148,7 +168,11 @@ pub fn write_index_and_marker(dir: &Path, index: &CheckpointIndex) -> Result<()>
     let index_path = dir.join(INDEX_FILE);
     let bytes = serde_json::to_vec_pretty(index).map_err(Error::json(&index_path))?;
     write_durably(&index_path, &bytes)?;
-    let marker = Marker { format: FORMAT_NAME.into(), step: index.step, index_xxh64: to_hex(xxh64(&bytes)) };
+    let marker = Marker {
+        format: FORMAT_NAME.into(),
+        step: index.step,
+        index_xxh64: to_hex(xxh64(&bytes)),
+    };
     let marker_path = dir.join(COMPLETE_MARKER);
     let marker_bytes = serde_json::to_vec_pretty(&marker).map_err(Error::json(&marker_path))?;
     write_durably(&marker_path, &marker_bytes)
@@ -159,7 +183,11 @@ pub fn remove_dir_if_exists(dir: &Path) -> Result<()> {
     match fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::Io { op: "remove", path: dir.to_path_buf(), source: e }),
+        Err(e) => Err(Error::Io {
+            op: "remove",
+            path: dir.to_path_buf(),
+            source: e,
+        }),
     }
 }
 
@@ -168,7 +196,11 @@ pub fn remove_file_if_exists(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::Io { op: "remove", path: path.to_path_buf(), source: e }),
+        Err(e) => Err(Error::Io {
+            op: "remove",
+            path: path.to_path_buf(),
+            source: e,
+        }),
     }
 }
 
@@ -178,7 +210,11 @@ pub fn publish(temp: &Path, final_dir: &Path) -> Result<()> {
     let parent = final_dir.parent().unwrap_or(Path::new("."));
     let mut aside: Option<PathBuf> = None;
     if final_dir.exists() {
-        let name = final_dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = final_dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let old = parent.join(format!(".old-{name}-{}", std::process::id()));
         remove_dir_if_exists(&old)?;
         fs::rename(final_dir, &old).map_err(Error::io("move aside", final_dir))?;

@@ -41,15 +41,18 @@ pub mod params;
 mod progress;
 pub mod region;
 pub mod request;
-mod save;
 pub mod safetensors_io;
+mod save;
 pub mod xxh64;
 
 pub use checkpointer::{Checkpointer, LoadPlan};
 pub use config::{AsyncMode, CheckpointConfig, ExportDtype};
 pub use error::{Error, Result};
 pub use hf::llama::{LlamaAdapter, LlamaArgs};
-pub use hf::{export_checkpoint, import_checkpoint, load_hf, HfExportOptions, HfImportOptions, StateDictAdapter};
+pub use hf::{
+    export_checkpoint, import_checkpoint, load_hf, HfExportOptions, HfImportOptions,
+    StateDictAdapter,
+};
 pub use index::CheckpointIndex;
 pub use load::{load_step_dir, verify_step_dir, LoadFilter, LoadedState};
 pub use region::Region;

@@ -58,8 +58,16 @@ impl LoadFilter {
         for key in &self.exclude {
             if !keys::KNOWN.contains(&key.as_str()) && !present.contains(key) {
                 let mut known: Vec<String> = keys::KNOWN.iter().map(|k| k.to_string()).collect();
-                known.extend(present.iter().filter(|k| !keys::KNOWN.contains(&k.as_str())).cloned());
-                return Err(Error::UnknownExcludeKey { key: key.clone(), known });
+                known.extend(
+                    present
+                        .iter()
+                        .filter(|k| !keys::KNOWN.contains(&k.as_str()))
+                        .cloned(),
+                );
+                return Err(Error::UnknownExcludeKey {
+                    key: key.clone(),
+                    known,
+                });
             }
         }
         Ok(())
@@ -67,12 +75,21 @@ impl LoadFilter {
 }
 
 /// Load `requests` and the blobs from the complete step folder `dir`.
-pub fn load_step_dir(dir: &Path, requests: &[TensorRequest], filter: &LoadFilter, interactive: bool) -> Result<LoadedState> {
+pub fn load_step_dir(
+    dir: &Path,
+    requests: &[TensorRequest],
+    filter: &LoadFilter,
+    interactive: bool,
+) -> Result<LoadedState> {
     let index = read_index(dir)?;
     filter.check_keys(&index)?;
     // A model-only checkpoint can only restore the model, whatever was asked.
-    let filter = LoadFilter { model_only: filter.model_only || index.model_only, exclude: filter.exclude.clone() };
-    let (wanted, skipped): (Vec<&TensorRequest>, Vec<&TensorRequest>) = requests.iter().partition(|r| filter.keeps(&r.name));
+    let filter = LoadFilter {
+        model_only: filter.model_only || index.model_only,
+        exclude: filter.exclude.clone(),
+    };
+    let (wanted, skipped): (Vec<&TensorRequest>, Vec<&TensorRequest>) =
+        requests.iter().partition(|r| filter.keeps(&r.name));
     let skipped: Vec<String> = skipped.into_iter().map(|r| r.name.clone()).collect();
     if !skipped.is_empty() {
         tracing::info!(
@@ -84,8 +101,20 @@ pub fn load_step_dir(dir: &Path, requests: &[TensorRequest], filter: &LoadFilter
         );
     }
     let tensors = read_regions(dir, &index, &wanted, interactive)?;
-    let blobs = index.blobs.iter().filter(|(k, _)| filter.keeps(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
-    Ok(LoadedState { step: index.step, source: dir.to_path_buf(), model_only: filter.model_only, tensors, blobs, skipped })
+    let blobs = index
+        .blobs
+        .iter()
+        .filter(|(k, _)| filter.keeps(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok(LoadedState {
+        step: index.step,
+        source: dir.to_path_buf(),
+        model_only: filter.model_only,
+        tensors,
+        blobs,
+        skipped,
+    })
 }
 
 /// An open shard file whose size and header were checked against the index.
@@ -103,7 +132,11 @@ pub(crate) struct ShardReader<'a> {
 
 impl<'a> ShardReader<'a> {
     pub fn new(dir: &'a Path, index: &'a CheckpointIndex) -> Self {
-        Self { dir, index, files: HashMap::new() }
+        Self {
+            dir,
+            index,
+            files: HashMap::new(),
+        }
     }
 
     /// Check a request against the index; returns the bytes its read will touch.
@@ -112,7 +145,10 @@ impl<'a> ShardReader<'a> {
             .index
             .tensors
             .get(&req.name)
-            .ok_or_else(|| Error::MissingTensor { name: req.name.clone(), dir: self.dir.to_path_buf() })?;
+            .ok_or_else(|| Error::MissingTensor {
+                name: req.name.clone(),
+                dir: self.dir.to_path_buf(),
+            })?;
         if entry.global_shape != req.global_shape {
             return Err(Error::ShapeMismatch {
                 name: req.name.clone(),
@@ -122,7 +158,10 @@ impl<'a> ShardReader<'a> {
             });
         }
         if let Some(why) = req.region().out_of_bounds(&req.global_shape) {
-            return Err(Error::Request { name: req.name.clone(), reason: why });
+            return Err(Error::Request {
+                name: req.name.clone(),
+                reason: why,
+            });
         }
         let elem = self.index.dtype_of(&req.name, entry)?.size_in_bytes() as u64;
         let want = req.region();
@@ -148,21 +187,27 @@ impl<'a> ShardReader<'a> {
         let mut done_regions = Vec::new();
         for shard in &entry.shards {
             let have = shard.region();
-            let Some(part) = have.intersect(&want) else { continue };
+            let Some(part) = have.intersect(&want) else {
+                continue;
+            };
             if done_regions.contains(&have) {
                 continue;
             }
             let open = match self.files.entry(shard.file.clone()) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => v.insert(open_shard_file(dir, index, &shard.file)?),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(open_shard_file(dir, index, &shard.file)?)
+                }
             };
             let path = dir.join(&shard.file);
-            let mismatch = |reason: String| Error::ShardMismatch { file: path.clone(), tensor: req.name.clone(), reason };
-            let info = open
-                .header
-                .tensors
-                .get(&req.name)
-                .ok_or_else(|| mismatch("the index lists this shard but the file does not hold it".into()))?;
+            let mismatch = |reason: String| Error::ShardMismatch {
+                file: path.clone(),
+                tensor: req.name.clone(),
+                reason,
+            };
+            let info = open.header.tensors.get(&req.name).ok_or_else(|| {
+                mismatch("the index lists this shard but the file does not hold it".into())
+            })?;
             if candle_dtype(info.dtype) != Some(dtype) || info.shape != shard.shape {
                 return Err(mismatch(format!(
                     "file holds dtype {:?} shape {:?}, index says {} shape {:?}",
@@ -170,11 +215,16 @@ impl<'a> ShardReader<'a> {
                 )));
             }
             let bytes = open.header.read_tensor(&mut open.file, &req.name)?;
-            let expected =
-                from_hex(&shard.xxh64).ok_or_else(|| mismatch(format!("bad checksum `{}` in the index", shard.xxh64)))?;
+            let expected = from_hex(&shard.xxh64)
+                .ok_or_else(|| mismatch(format!("bad checksum `{}` in the index", shard.xxh64)))?;
             let got = xxh64(&bytes);
             if got != expected {
-                return Err(Error::TensorChecksum { file: path, tensor: req.name.clone(), expected, got });
+                return Err(Error::TensorChecksum {
+                    file: path,
+                    tensor: req.name.clone(),
+                    expected,
+                    got,
+                });
             }
             copy_part(&bytes, &have, &mut dst, &want, &part, elem);
             covered += part.volume();
@@ -210,7 +260,8 @@ pub(crate) fn read_regions(
     for req in requests {
         total += reader.plan(req)?;
     }
-    let mut progress = ByteProgress::new(format!("loading step {}", index.step), total, interactive);
+    let mut progress =
+        ByteProgress::new(format!("loading step {}", index.step), total, interactive);
     let mut out = HashMap::with_capacity(requests.len());
     for req in requests {
         out.insert(req.name.clone(), reader.read(req, &mut progress)?);
@@ -228,7 +279,11 @@ fn open_shard_file(dir: &Path, index: &CheckpointIndex, name: &str) -> Result<Op
     let file = File::open(&path).map_err(Error::io("open", &path))?;
     let got = file.metadata().map_err(Error::io("stat", &path))?.len();
     if got != entry.bytes {
-        return Err(Error::FileSize { file: path, expected: entry.bytes, got });
+        return Err(Error::FileSize {
+            file: path,
+            expected: entry.bytes,
+            got,
+        });
     }
     let header = SafetensorsHeader::read(&path)?;
     Ok(OpenShardFile { file, header })
@@ -240,13 +295,18 @@ pub fn verify_step_dir(dir: &Path, interactive: bool) -> Result<()> {
     use std::io::Read;
     let index = read_index(dir)?;
     let total = index.files.values().map(|f| f.bytes).sum();
-    let mut progress = ByteProgress::new(format!("verifying step {}", index.step), total, interactive);
+    let mut progress =
+        ByteProgress::new(format!("verifying step {}", index.step), total, interactive);
     for (name, entry) in &index.files {
         let path = dir.join(name);
         let mut file = File::open(&path).map_err(Error::io("open", &path))?;
         let got_len = file.metadata().map_err(Error::io("stat", &path))?.len();
         if got_len != entry.bytes {
-            return Err(Error::FileSize { file: path, expected: entry.bytes, got: got_len });
+            return Err(Error::FileSize {
+                file: path,
+                expected: entry.bytes,
+                got: got_len,
+            });
         }
         let mut h = Xxh64::new();
         let mut buf = vec![0u8; 8 << 20];
@@ -260,7 +320,11 @@ pub fn verify_step_dir(dir: &Path, interactive: bool) -> Result<()> {
         }
         let expected = from_hex(&entry.xxh64).unwrap_or(0);
         if h.digest() != expected {
-            return Err(Error::FileChecksum { file: path, expected, got: h.digest() });
+            return Err(Error::FileChecksum {
+                file: path,
+                expected,
+                got: h.digest(),
+            });
         }
     }
     progress.finish();

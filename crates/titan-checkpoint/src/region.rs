@@ -18,7 +18,10 @@ impl Region {
 
     /// The whole of a tensor of `shape`.
     pub fn full(shape: &[usize]) -> Self {
-        Self { offset: vec![0; shape.len()], shape: shape.to_vec() }
+        Self {
+            offset: vec![0; shape.len()],
+            shape: shape.to_vec(),
+        }
     }
 
     /// Number of elements.
@@ -83,7 +86,10 @@ pub fn copy_part(
     // Trailing dimensions that `part` spans fully in both boxes are one contiguous run: with
     // dim-0 shards the whole intersection is a single memcpy.
     let mut split = rank;
-    while split > 1 && part.shape[split - 1] == src_box.shape[split - 1] && part.shape[split - 1] == dst_box.shape[split - 1] {
+    while split > 1
+        && part.shape[split - 1] == src_box.shape[split - 1]
+        && part.shape[split - 1] == dst_box.shape[split - 1]
+    {
         split -= 1;
     }
     let run_elems: usize = part.shape[split - 1..].iter().product();
@@ -195,7 +201,14 @@ mod tests {
     #[test]
     fn scalar_and_one_dim() {
         let mut dst = [0u8; 4];
-        copy_part(&[1, 2, 3, 4], &Region::full(&[]), &mut dst, &Region::full(&[]), &Region::full(&[]), 4);
+        copy_part(
+            &[1, 2, 3, 4],
+            &Region::full(&[]),
+            &mut dst,
+            &Region::full(&[]),
+            &Region::full(&[]),
+            4,
+        );
         assert_eq!(dst, [1, 2, 3, 4]);
         let src_box = Region::new(vec![2], vec![3]);
         let dst_box = Region::new(vec![3], vec![4]);

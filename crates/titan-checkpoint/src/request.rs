@@ -25,17 +25,32 @@ impl ShardedTensor {
     /// A whole tensor.
     pub fn full(name: impl Into<String>, tensor: Tensor) -> Self {
         let global_shape = tensor.dims().to_vec();
-        Self { name: name.into(), offset: vec![0; global_shape.len()], global_shape, tensor }
+        Self {
+            name: name.into(),
+            offset: vec![0; global_shape.len()],
+            global_shape,
+            tensor,
+        }
     }
 
     /// Rows `start .. start + tensor.dims()[0]` of a tensor of `global_shape` (dim-0 sharding,
     /// as FSDP does it).
-    pub fn dim0(name: impl Into<String>, global_shape: Vec<usize>, start: usize, tensor: Tensor) -> Self {
+    pub fn dim0(
+        name: impl Into<String>,
+        global_shape: Vec<usize>,
+        start: usize,
+        tensor: Tensor,
+    ) -> Self {
         let mut offset = vec![0; global_shape.len()];
         if let Some(first) = offset.first_mut() {
             *first = start;
         }
-        Self { name: name.into(), global_shape, offset, tensor }
+        Self {
+            name: name.into(),
+            global_shape,
+            offset,
+            tensor,
+        }
     }
 
     /// The box this shard covers.
@@ -64,7 +79,13 @@ pub struct SaveRequest {
 impl SaveRequest {
     /// A single-process request (rank 0 of 1).
     pub fn single(step: u64, last_step: bool) -> Self {
-        Self { step, rank: 0, world_size: 1, last_step, ..Default::default() }
+        Self {
+            step,
+            rank: 0,
+            world_size: 1,
+            last_step,
+            ..Default::default()
+        }
     }
 }
 
@@ -83,18 +104,33 @@ pub struct TensorRequest {
 impl TensorRequest {
     /// The whole tensor.
     pub fn full(name: impl Into<String>, global_shape: Vec<usize>) -> Self {
-        Self { name: name.into(), offset: vec![0; global_shape.len()], shape: global_shape.clone(), global_shape }
+        Self {
+            name: name.into(),
+            offset: vec![0; global_shape.len()],
+            shape: global_shape.clone(),
+            global_shape,
+        }
     }
 
     /// Rows `start .. start + len` (dim-0 sharding).
-    pub fn dim0(name: impl Into<String>, global_shape: Vec<usize>, start: usize, len: usize) -> Self {
+    pub fn dim0(
+        name: impl Into<String>,
+        global_shape: Vec<usize>,
+        start: usize,
+        len: usize,
+    ) -> Self {
         let mut offset = vec![0; global_shape.len()];
         let mut shape = global_shape.clone();
         if let (Some(o), Some(s)) = (offset.first_mut(), shape.first_mut()) {
             *o = start;
             *s = len;
         }
-        Self { name: name.into(), global_shape, offset, shape }
+        Self {
+            name: name.into(),
+            global_shape,
+            offset,
+            shape,
+        }
     }
 
     /// The requested box.

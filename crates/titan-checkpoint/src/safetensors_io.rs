@@ -54,7 +54,11 @@ pub struct SafetensorsWriter {
 
 impl SafetensorsWriter {
     /// Create `path` and write the header for `tensors` (their data follows in this order).
-    pub fn create(path: &Path, tensors: &[TensorHeader], metadata: &BTreeMap<String, String>) -> Result<Self> {
+    pub fn create(
+        path: &Path,
+        tensors: &[TensorHeader],
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Self> {
         let mut header = serde_json::Map::new();
         if !metadata.is_empty() {
             header.insert("__metadata__".into(), serde_json::json!(metadata));
@@ -63,12 +67,19 @@ impl SafetensorsWriter {
         let mut order = Vec::with_capacity(tensors.len());
         for t in tensors {
             let len = t.byte_len();
-            let info = TensorInfo { dtype: t.dtype, shape: t.shape.clone(), data_offsets: (start, start + len) };
+            let info = TensorInfo {
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                data_offsets: (start, start + len),
+            };
             let value = serde_json::to_value(&info).map_err(Error::json(path))?;
             if t.name == "__metadata__" || header.insert(t.name.clone(), value).is_some() {
                 return Err(Error::Request {
                     name: t.name.clone(),
-                    reason: format!("appears twice in `{}` (or is the reserved name __metadata__)", path.display()),
+                    reason: format!(
+                        "appears twice in `{}` (or is the reserved name __metadata__)",
+                        path.display()
+                    ),
                 });
             }
             order.push((t.name.clone(), len));
@@ -94,7 +105,9 @@ impl SafetensorsWriter {
     }
 
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
-        self.out.write_all(bytes).map_err(Error::io("write", &self.path))?;
+        self.out
+            .write_all(bytes)
+            .map_err(Error::io("write", &self.path))?;
         self.file_hash.update(bytes);
         self.bytes += bytes.len() as u64;
         Ok(())
@@ -103,7 +116,10 @@ impl SafetensorsWriter {
     /// Write the next tensor's data; returns its XXH64.
     pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> Result<u64> {
         let Some((expected_name, len)) = self.order.get(self.next).cloned() else {
-            return Err(Error::Request { name: name.into(), reason: format!("not in the header of `{}`", self.path.display()) });
+            return Err(Error::Request {
+                name: name.into(),
+                reason: format!("not in the header of `{}`", self.path.display()),
+            });
         };
         if expected_name != name || len != data.len() {
             return Err(Error::Request {
@@ -140,7 +156,10 @@ impl SafetensorsWriter {
             source: e.into_error(),
         })?;
         file.sync_all().map_err(Error::io("fsync", &self.path))?;
-        Ok(WrittenFile { bytes: self.bytes, xxh64: self.file_hash.digest() })
+        Ok(WrittenFile {
+            bytes: self.bytes,
+            xxh64: self.file_hash.digest(),
+        })
     }
 }
 
@@ -160,9 +179,14 @@ impl SafetensorsHeader {
     pub fn read(path: &Path) -> Result<Self> {
         let mut f = File::open(path).map_err(Error::io("open", path))?;
         let file_len = f.metadata().map_err(Error::io("stat", path))?.len();
-        let bad = |reason: String| Error::Safetensors { path: path.to_path_buf(), reason };
+        let bad = |reason: String| Error::Safetensors {
+            path: path.to_path_buf(),
+            reason,
+        };
         if file_len < 8 {
-            return Err(bad(format!("{file_len} bytes is too short for a header: the file is truncated")));
+            return Err(bad(format!(
+                "{file_len} bytes is too short for a header: the file is truncated"
+            )));
         }
         let mut n = [0u8; 8];
         f.read_exact(&mut n).map_err(Error::io("read", path))?;
@@ -179,11 +203,12 @@ impl SafetensorsHeader {
         let mut metadata = BTreeMap::new();
         for (name, value) in map {
             if name == "__metadata__" {
-                metadata = serde_json::from_value(value).map_err(|e| bad(format!("__metadata__: {e}")))?;
+                metadata =
+                    serde_json::from_value(value).map_err(|e| bad(format!("__metadata__: {e}")))?;
                 continue;
             }
-            let info: TensorInfo =
-                serde_json::from_value(value).map_err(|e| bad(format!("tensor `{name}` header: {e}")))?;
+            let info: TensorInfo = serde_json::from_value(value)
+                .map_err(|e| bad(format!("tensor `{name}` header: {e}")))?;
             let (s, e) = info.data_offsets;
             let expected = info.shape.iter().product::<usize>() * info.dtype.bitsize() / 8;
             if e < s || e - s != expected {
@@ -200,7 +225,13 @@ impl SafetensorsHeader {
             }
             tensors.insert(name, info);
         }
-        Ok(Self { path: path.to_path_buf(), file_len, data_start, tensors, metadata })
+        Ok(Self {
+            path: path.to_path_buf(),
+            file_len,
+            data_start,
+            tensors,
+            metadata,
+        })
     }
 
     /// Read one tensor's raw bytes from `file` (an open handle on this header's path).
@@ -211,8 +242,10 @@ impl SafetensorsHeader {
         })?;
         let (s, e) = info.data_offsets;
         let mut buf = vec![0u8; e - s];
-        file.seek(SeekFrom::Start(self.data_start + s as u64)).map_err(Error::io("seek", &self.path))?;
-        file.read_exact(&mut buf).map_err(Error::io("read", &self.path))?;
+        file.seek(SeekFrom::Start(self.data_start + s as u64))
+            .map_err(Error::io("seek", &self.path))?;
+        file.read_exact(&mut buf)
+            .map_err(Error::io("read", &self.path))?;
         Ok(buf)
     }
 }
@@ -230,8 +263,16 @@ mod tests {
         let a: Vec<u8> = (0..24u8).collect();
         let b: Vec<u8> = vec![7, 0, 8, 0, 9, 0];
         let headers = [
-            TensorHeader { name: "w.a".into(), dtype: StDtype::F32, shape: vec![2, 3] },
-            TensorHeader { name: "b".into(), dtype: StDtype::BF16, shape: vec![3] },
+            TensorHeader {
+                name: "w.a".into(),
+                dtype: StDtype::F32,
+                shape: vec![2, 3],
+            },
+            TensorHeader {
+                name: "b".into(),
+                dtype: StDtype::BF16,
+                shape: vec![3],
+            },
         ];
         let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
         let mut w = SafetensorsWriter::create(&path, &headers, &meta)?;
@@ -243,9 +284,18 @@ mod tests {
         let raw = std::fs::read(&path).map_err(Error::io("read", &path))?;
         assert_eq!(written.bytes, raw.len() as u64);
         assert_eq!(written.xxh64, xxh64(&raw));
-        let st = safetensors::SafeTensors::deserialize(&raw).map_err(|e| Error::Safetensors { path: path.clone(), reason: e.to_string() })?;
-        assert_eq!(st.tensor("w.a").map(|t| t.data().to_vec()).ok(), Some(a.clone()));
-        assert_eq!(st.tensor("b").map(|t| t.shape().to_vec()).ok(), Some(vec![3]));
+        let st = safetensors::SafeTensors::deserialize(&raw).map_err(|e| Error::Safetensors {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        assert_eq!(
+            st.tensor("w.a").map(|t| t.data().to_vec()).ok(),
+            Some(a.clone())
+        );
+        assert_eq!(
+            st.tensor("b").map(|t| t.shape().to_vec()).ok(),
+            Some(vec![3])
+        );
 
         let h = SafetensorsHeader::read(&path)?;
         assert_eq!(h.data_start % 8, 0);

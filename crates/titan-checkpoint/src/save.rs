@@ -47,9 +47,15 @@ impl StagedSave {
 /// Check a request and copy its tensors to host memory. A model-only save keeps `model.*`
 /// tensors only, floats cast to `export_dtype`, and no blobs.
 pub(crate) fn stage(req: SaveRequest, model_only: bool, export_dtype: DType) -> Result<StagedSave> {
-    let bad = |name: &str, reason: String| Error::Request { name: name.to_string(), reason };
+    let bad = |name: &str, reason: String| Error::Request {
+        name: name.to_string(),
+        reason,
+    };
     if req.world_size == 0 || req.rank >= req.world_size {
-        return Err(bad("<request>", format!("rank {} is outside world_size {}", req.rank, req.world_size)));
+        return Err(bad(
+            "<request>",
+            format!("rank {} is outside world_size {}", req.rank, req.world_size),
+        ));
     }
     let mut seen = BTreeSet::new();
     let mut tensors = Vec::with_capacity(req.tensors.len());
@@ -58,7 +64,10 @@ pub(crate) fn stage(req: SaveRequest, model_only: bool, export_dtype: DType) -> 
             return Err(bad(&t.name, format!("given twice by rank {}", req.rank)));
         }
         if keys::top_level(&t.name) == t.name {
-            return Err(bad(&t.name, "needs a top-level key (`model.<fqn>`, `optimizer.<fqn>.<state>`)".into()));
+            return Err(bad(
+                &t.name,
+                "needs a top-level key (`model.<fqn>`, `optimizer.<fqn>.<state>`)".into(),
+            ));
         }
         let region = t.region();
         if let Some(why) = region.out_of_bounds(&t.global_shape) {
@@ -73,15 +82,32 @@ pub(crate) fn stage(req: SaveRequest, model_only: bool, export_dtype: DType) -> 
         }
         st_dtype(&t.name, tensor.dtype())?;
         let bytes = tensor_to_le_bytes(&t.name, &tensor)?;
-        tensors.push(StagedTensor { name: t.name, dtype: tensor.dtype(), global_shape: t.global_shape, region, bytes });
+        tensors.push(StagedTensor {
+            name: t.name,
+            dtype: tensor.dtype(),
+            global_shape: t.global_shape,
+            region,
+            bytes,
+        });
     }
     for name in req.blobs.keys() {
         if name.is_empty() {
             return Err(bad(name, "blob names must not be empty".into()));
         }
     }
-    let blobs = if model_only { BTreeMap::new() } else { req.blobs };
-    Ok(StagedSave { step: req.step, rank: req.rank, world_size: req.world_size, model_only, tensors, blobs })
+    let blobs = if model_only {
+        BTreeMap::new()
+    } else {
+        req.blobs
+    };
+    Ok(StagedSave {
+        step: req.step,
+        rank: req.rank,
+        world_size: req.world_size,
+        model_only,
+        tensors,
+        blobs,
+    })
 }
 
 /// Write one rank's shard file and partial index into `<folder>/.tmp-step-N/`.
@@ -104,7 +130,11 @@ pub(crate) fn write_rank(folder: &Path, staged: &StagedSave, interactive: bool) 
         .tensors
         .iter()
         .map(|t| {
-            Ok(TensorHeader { name: t.name.clone(), dtype: st_dtype(&t.name, t.dtype)?, shape: t.region.shape.clone() })
+            Ok(TensorHeader {
+                name: t.name.clone(),
+                dtype: st_dtype(&t.name, t.dtype)?,
+                shape: t.region.shape.clone(),
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     let metadata = BTreeMap::from([
@@ -112,9 +142,18 @@ pub(crate) fn write_rank(folder: &Path, staged: &StagedSave, interactive: bool) 
         ("titan.step".to_string(), staged.step.to_string()),
         ("titan.rank".to_string(), staged.rank.to_string()),
     ]);
-    let mut progress = ByteProgress::new(format!("saving step {}", staged.step), staged.bytes(), interactive);
+    let mut progress = ByteProgress::new(
+        format!("saving step {}", staged.step),
+        staged.bytes(),
+        interactive,
+    );
     let mut writer = SafetensorsWriter::create(&file_path, &headers, &metadata)?;
-    let mut index = CheckpointIndex::new(staged.step, staged.world_size, Some(staged.rank), staged.model_only);
+    let mut index = CheckpointIndex::new(
+        staged.step,
+        staged.world_size,
+        Some(staged.rank),
+        staged.model_only,
+    );
     for t in &staged.tensors {
         let hash = writer.write_tensor(&t.name, &t.bytes)?;
         progress.advance(t.bytes.len() as u64);
@@ -135,7 +174,14 @@ pub(crate) fn write_rank(folder: &Path, staged: &StagedSave, interactive: bool) 
     }
     let written = writer.finish()?;
     progress.finish();
-    index.files.insert(file_name, FileEntry { rank: staged.rank, bytes: written.bytes, xxh64: to_hex(written.xxh64) });
+    index.files.insert(
+        file_name,
+        FileEntry {
+            rank: staged.rank,
+            bytes: written.bytes,
+            xxh64: to_hex(written.xxh64),
+        },
+    );
     index.blobs = staged.blobs.clone();
     let json = serde_json::to_vec_pretty(&index).map_err(Error::json(&partial_path))?;
     layout::write_durably(&partial_path, &json)
@@ -154,7 +200,10 @@ pub(crate) fn finalize(
     let temp = folder.join(temp_dir_name(step));
     let first_path = temp.join(rank_index_name(0));
     if !first_path.is_file() {
-        return Err(Error::MissingRank { rank: 0, path: first_path });
+        return Err(Error::MissingRank {
+            rank: 0,
+            path: first_path,
+        });
     }
     let read_partial = |path: &Path| -> Result<CheckpointIndex> {
         let bytes = fs::read(path).map_err(Error::io("read", path))?;
@@ -179,7 +228,11 @@ pub(crate) fn finalize(
         let path = temp.join(name);
         let got = fs::metadata(&path).map_err(Error::io("stat", &path))?.len();
         if got != entry.bytes {
-            return Err(Error::FileSize { file: path, expected: entry.bytes, got });
+            return Err(Error::FileSize {
+                file: path,
+                expected: entry.bytes,
+                got,
+            });
         }
     }
     for rank in 0..merged.world_size {
@@ -201,7 +254,14 @@ pub(crate) fn finalize(
     if merged.model_only {
         if let Some(adapter) = hf_adapter {
             let hf_dir = temp.join(hf::EXPORT_SUBDIR);
-            hf::export_with_index(&temp, &merged, adapter, &hf_dir, &HfExportOptions::default(), interactive)?;
+            hf::export_with_index(
+                &temp,
+                &merged,
+                adapter,
+                &hf_dir,
+                &HfExportOptions::default(),
+                interactive,
+            )?;
         }
     }
 
@@ -230,10 +290,17 @@ pub(crate) fn purge(folder: &Path, keep: usize, protect: u64) -> Result<Vec<u64>
         }
         let dir = folder.join(step_dir_name(step));
         // Rename first so a half-deleted folder never looks like a checkpoint.
-        let doomed = folder.join(format!(".purge-{}-{}", step_dir_name(step), std::process::id()));
+        let doomed = folder.join(format!(
+            ".purge-{}-{}",
+            step_dir_name(step),
+            std::process::id()
+        ));
         fs::rename(&dir, &doomed).map_err(Error::io("rename for removal", &dir))?;
         layout::remove_dir_if_exists(&doomed)?;
-        tracing::info!("Removed checkpoint {} (keep_latest_k = {keep})", dir.display());
+        tracing::info!(
+            "Removed checkpoint {} (keep_latest_k = {keep})",
+            dir.display()
+        );
         removed.push(step);
     }
     Ok(removed)

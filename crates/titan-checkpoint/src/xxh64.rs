@@ -14,7 +14,9 @@ const P5: u64 = 0x27D4_EB2F_1656_67C5;
 const STRIPE: usize = 32;
 
 fn round(acc: u64, lane: u64) -> u64 {
-    acc.wrapping_add(lane.wrapping_mul(P2)).rotate_left(31).wrapping_mul(P1)
+    acc.wrapping_add(lane.wrapping_mul(P2))
+        .rotate_left(31)
+        .wrapping_mul(P1)
 }
 
 fn merge(acc: u64, lane_acc: u64) -> u64 {
@@ -183,7 +185,11 @@ mod tests {
             (b"", 0xef46db3751d8e999, 0xac75fda2929b17ef),
             (b"a", 0xd24ec4f1a98c6e5b, 0x393da8b78992279b),
             (b"abc", 0x44bc2cf5ad770999, 0x1318df30094a85fd),
-            (b"Nobody inspects the spammish repetition", 0xfbcea83c8a378bf1, 0x56db22dd5b051147),
+            (
+                b"Nobody inspects the spammish repetition",
+                0xfbcea83c8a378bf1,
+                0x56db22dd5b051147,
+            ),
         ];
         for (input, seed0, seed_p) in cases {
             assert_eq!(xxh64(input), seed0, "{input:?}");

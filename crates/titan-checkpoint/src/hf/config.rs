@@ -123,7 +123,8 @@ impl HfLlamaConfig {
 
     /// Per-head dimension, defaulting to `hidden_size / num_attention_heads`.
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     /// Read `config.json`.
@@ -133,7 +134,10 @@ impl HfLlamaConfig {
         if !cfg.architectures.iter().any(|a| a == "LlamaForCausalLM") {
             return Err(Error::Hf {
                 path: path.to_path_buf(),
-                reason: format!("architectures {:?} do not include LlamaForCausalLM", cfg.architectures),
+                reason: format!(
+                    "architectures {:?} do not include LlamaForCausalLM",
+                    cfg.architectures
+                ),
             });
         }
         if cfg.attention_bias || cfg.mlp_bias || cfg.hidden_act != "silu" {

@@ -52,7 +52,8 @@ impl HfFolder {
         let mut headers = BTreeMap::new();
         if index_path.is_file() {
             let bytes = std::fs::read(&index_path).map_err(Error::io("read", &index_path))?;
-            let index: HfIndex = serde_json::from_slice(&bytes).map_err(Error::json(&index_path))?;
+            let index: HfIndex =
+                serde_json::from_slice(&bytes).map_err(Error::json(&index_path))?;
             weight_map = index.weight_map;
             for file in weight_map.values() {
                 if !headers.contains_key(file) {
@@ -63,13 +64,19 @@ impl HfFolder {
                 if !headers[file].tensors.contains_key(name) {
                     return Err(Error::Hf {
                         path: dir.join(file),
-                        reason: format!("{INDEX_FILE} maps `{name}` to this file, which does not hold it"),
+                        reason: format!(
+                            "{INDEX_FILE} maps `{name}` to this file, which does not hold it"
+                        ),
                     });
                 }
             }
         } else if single.is_file() {
             let header = SafetensorsHeader::read(&single)?;
-            weight_map = header.tensors.keys().map(|k| (k.clone(), SINGLE_FILE.to_string())).collect();
+            weight_map = header
+                .tensors
+                .keys()
+                .map(|k| (k.clone(), SINGLE_FILE.to_string()))
+                .collect();
             headers.insert(SINGLE_FILE.to_string(), header);
         } else {
             return Err(Error::Hf {
@@ -77,7 +84,11 @@ impl HfFolder {
                 reason: format!("neither {INDEX_FILE} nor {SINGLE_FILE} is here: point at the folder holding the weights"),
             });
         }
-        Ok(Self { dir: dir.to_path_buf(), weight_map, headers })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            weight_map,
+            headers,
+        })
     }
 
     /// Tensor names.

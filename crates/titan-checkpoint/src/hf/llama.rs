@@ -98,14 +98,20 @@ pub fn torch_dtype_name(dtype: DType) -> &'static str {
 pub fn permute_to_hf(w: &Tensor, n_heads: usize) -> Result<Tensor> {
     let (rows, cols) = w.dims2()?;
     let half = rows / n_heads.max(1) / 2;
-    Ok(w.reshape((n_heads, half, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
+    Ok(w.reshape((n_heads, half, 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))?)
 }
 
 /// The inverse of [`permute_to_hf`].
 pub fn permute_from_hf(w: &Tensor, n_heads: usize) -> Result<Tensor> {
     let (rows, cols) = w.dims2()?;
     let half = rows / n_heads.max(1) / 2;
-    Ok(w.reshape((n_heads, 2, half, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
+    Ok(w.reshape((n_heads, 2, half, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))?)
 }
 
 /// What a per-layer torchtitan FQN is.
@@ -123,15 +129,51 @@ enum LayerWeight {
 }
 
 const LAYER_WEIGHTS: [(LayerWeight, &str, &str); 9] = [
-    (LayerWeight::Wq, "attention.wq.weight", "self_attn.q_proj.weight"),
-    (LayerWeight::Wk, "attention.wk.weight", "self_attn.k_proj.weight"),
-    (LayerWeight::Wv, "attention.wv.weight", "self_attn.v_proj.weight"),
-    (LayerWeight::Wo, "attention.wo.weight", "self_attn.o_proj.weight"),
-    (LayerWeight::W1, "feed_forward.w1.weight", "mlp.gate_proj.weight"),
-    (LayerWeight::W2, "feed_forward.w2.weight", "mlp.down_proj.weight"),
-    (LayerWeight::W3, "feed_forward.w3.weight", "mlp.up_proj.weight"),
-    (LayerWeight::AttentionNorm, "attention_norm.weight", "input_layernorm.weight"),
-    (LayerWeight::FfnNorm, "ffn_norm.weight", "post_attention_layernorm.weight"),
+    (
+        LayerWeight::Wq,
+        "attention.wq.weight",
+        "self_attn.q_proj.weight",
+    ),
+    (
+        LayerWeight::Wk,
+        "attention.wk.weight",
+        "self_attn.k_proj.weight",
+    ),
+    (
+        LayerWeight::Wv,
+        "attention.wv.weight",
+        "self_attn.v_proj.weight",
+    ),
+    (
+        LayerWeight::Wo,
+        "attention.wo.weight",
+        "self_attn.o_proj.weight",
+    ),
+    (
+        LayerWeight::W1,
+        "feed_forward.w1.weight",
+        "mlp.gate_proj.weight",
+    ),
+    (
+        LayerWeight::W2,
+        "feed_forward.w2.weight",
+        "mlp.down_proj.weight",
+    ),
+    (
+        LayerWeight::W3,
+        "feed_forward.w3.weight",
+        "mlp.up_proj.weight",
+    ),
+    (
+        LayerWeight::AttentionNorm,
+        "attention_norm.weight",
+        "input_layernorm.weight",
+    ),
+    (
+        LayerWeight::FfnNorm,
+        "ffn_norm.weight",
+        "post_attention_layernorm.weight",
+    ),
 ];
 
 const GLOBAL_WEIGHTS: [(&str, &str); 3] = [
@@ -149,12 +191,23 @@ pub struct LlamaAdapter {
 impl LlamaAdapter {
     /// An adapter for these dimensions (checked: heads divide, head_dim is even).
     pub fn new(args: LlamaArgs) -> Result<Self> {
-        let bad = |reason: String| Err(Error::Adapter { name: "<llama args>".into(), reason });
+        let bad = |reason: String| {
+            Err(Error::Adapter {
+                name: "<llama args>".into(),
+                reason,
+            })
+        };
         if args.n_heads == 0 || args.n_kv_heads == 0 || args.n_heads % args.n_kv_heads != 0 {
-            return bad(format!("n_heads {} must be a positive multiple of n_kv_heads {}", args.n_heads, args.n_kv_heads));
+            return bad(format!(
+                "n_heads {} must be a positive multiple of n_kv_heads {}",
+                args.n_heads, args.n_kv_heads
+            ));
         }
         if args.head_dim == 0 || args.head_dim % 2 != 0 {
-            return bad(format!("head_dim {} must be even (RoPE rotates pairs)", args.head_dim));
+            return bad(format!(
+                "head_dim {} must be even (RoPE rotates pairs)",
+                args.head_dim
+            ));
         }
         Ok(Self { args })
     }
@@ -174,7 +227,10 @@ impl LlamaAdapter {
 
     fn layer_weight(&self, fqn: &str) -> Option<(usize, LayerWeight, &'static str)> {
         let (i, tail) = self.split_layer(fqn, "layers.")?;
-        LAYER_WEIGHTS.iter().find(|(_, t, _)| *t == tail).map(|(w, _, hf)| (i, *w, *hf))
+        LAYER_WEIGHTS
+            .iter()
+            .find(|(_, t, _)| *t == tail)
+            .map(|(w, _, hf)| (i, *w, *hf))
     }
 
     fn shape_of(&self, fqn: &str) -> Option<Vec<usize>> {
@@ -200,12 +256,18 @@ impl LlamaAdapter {
     fn check_shape(&self, fqn: &str, t: &Tensor) -> Result<()> {
         let expected = self.shape_of(fqn).ok_or_else(|| Error::Adapter {
             name: fqn.into(),
-            reason: format!("not a torchtitan Llama 3 weight of a {}-layer model", self.args.n_layers),
+            reason: format!(
+                "not a torchtitan Llama 3 weight of a {}-layer model",
+                self.args.n_layers
+            ),
         })?;
         if t.dims() != expected.as_slice() {
             return Err(Error::Adapter {
                 name: fqn.into(),
-                reason: format!("shape {:?} differs from {expected:?} implied by the model arguments", t.dims()),
+                reason: format!(
+                    "shape {:?} differs from {expected:?} implied by the model arguments",
+                    t.dims()
+                ),
             });
         }
         Ok(())
@@ -249,7 +311,10 @@ impl StateDictAdapter for LlamaAdapter {
             .map(|(_, hf)| hf.to_string())
             .ok_or_else(|| Error::Adapter {
                 name: fqn.into(),
-                reason: format!("no Hugging Face name: not a torchtitan Llama 3 weight of a {}-layer model", self.args.n_layers),
+                reason: format!(
+                    "no Hugging Face name: not a torchtitan Llama 3 weight of a {}-layer model",
+                    self.args.n_layers
+                ),
             })
     }
 
@@ -267,7 +332,10 @@ impl StateDictAdapter for LlamaAdapter {
         }
         Err(Error::Adapter {
             name: hf_name.into(),
-            reason: format!("not a LlamaForCausalLM weight of a {}-layer model without biases", self.args.n_layers),
+            reason: format!(
+                "not a LlamaForCausalLM weight of a {}-layer model without biases",
+                self.args.n_layers
+            ),
         })
     }
 
@@ -294,8 +362,10 @@ impl StateDictAdapter for LlamaAdapter {
     }
 
     fn hf_config(&self, dtype: DType) -> Result<serde_json::Value> {
-        serde_json::to_value(self.args.to_hf_config(dtype))
-            .map_err(|e| Error::Adapter { name: "config.json".into(), reason: e.to_string() })
+        serde_json::to_value(self.args.to_hf_config(dtype)).map_err(|e| Error::Adapter {
+            name: "config.json".into(),
+            reason: e.to_string(),
+        })
     }
 
     fn check_hf_config(&self, config_path: &Path) -> Result<()> {
@@ -342,19 +412,36 @@ mod tests {
     fn permutation_matches_hand_computed_layout() {
         let w = column(&(0..12).map(|i| i as f32).collect::<Vec<_>>());
         let hf = permute_to_hf(&w, 2).unwrap();
-        assert_eq!(rows(&hf), vec![0., 2., 4., 1., 3., 5., 6., 8., 10., 7., 9., 11.]);
+        assert_eq!(
+            rows(&hf),
+            vec![0., 2., 4., 1., 3., 5., 6., 8., 10., 7., 9., 11.]
+        );
         assert_eq!(rows(&permute_from_hf(&hf, 2).unwrap()), rows(&w));
         // One head of 4: (x0,x1),(x2,x3) -> x0,x2,x1,x3.
-        assert_eq!(rows(&permute_to_hf(&column(&[10., 11., 12., 13.]), 1).unwrap()), vec![10., 12., 11., 13.]);
+        assert_eq!(
+            rows(&permute_to_hf(&column(&[10., 11., 12., 13.]), 1).unwrap()),
+            vec![10., 12., 11., 13.]
+        );
     }
 
     #[test]
     fn permutation_moves_whole_rows() {
-        let w = Tensor::arange(0f32, 24., &Device::Cpu).unwrap().reshape((4, 6)).unwrap();
+        let w = Tensor::arange(0f32, 24., &Device::Cpu)
+            .unwrap()
+            .reshape((4, 6))
+            .unwrap();
         let hf = permute_to_hf(&w, 1).unwrap();
         let got = hf.to_vec2::<f32>().unwrap();
         let src = w.to_vec2::<f32>().unwrap();
-        assert_eq!(got, vec![src[0].clone(), src[2].clone(), src[1].clone(), src[3].clone()]);
+        assert_eq!(
+            got,
+            vec![
+                src[0].clone(),
+                src[2].clone(),
+                src[1].clone(),
+                src[3].clone()
+            ]
+        );
     }
 
     fn tiny() -> LlamaAdapter {
@@ -379,15 +466,42 @@ mod tests {
         let a = tiny();
         let expect = [
             ("tok_embeddings.weight", "model.embed_tokens.weight"),
-            ("layers.1.attention.wq.weight", "model.layers.1.self_attn.q_proj.weight"),
-            ("layers.0.attention.wk.weight", "model.layers.0.self_attn.k_proj.weight"),
-            ("layers.0.attention.wv.weight", "model.layers.0.self_attn.v_proj.weight"),
-            ("layers.0.attention.wo.weight", "model.layers.0.self_attn.o_proj.weight"),
-            ("layers.0.feed_forward.w1.weight", "model.layers.0.mlp.gate_proj.weight"),
-            ("layers.0.feed_forward.w2.weight", "model.layers.0.mlp.down_proj.weight"),
-            ("layers.0.feed_forward.w3.weight", "model.layers.0.mlp.up_proj.weight"),
-            ("layers.1.attention_norm.weight", "model.layers.1.input_layernorm.weight"),
-            ("layers.1.ffn_norm.weight", "model.layers.1.post_attention_layernorm.weight"),
+            (
+                "layers.1.attention.wq.weight",
+                "model.layers.1.self_attn.q_proj.weight",
+            ),
+            (
+                "layers.0.attention.wk.weight",
+                "model.layers.0.self_attn.k_proj.weight",
+            ),
+            (
+                "layers.0.attention.wv.weight",
+                "model.layers.0.self_attn.v_proj.weight",
+            ),
+            (
+                "layers.0.attention.wo.weight",
+                "model.layers.0.self_attn.o_proj.weight",
+            ),
+            (
+                "layers.0.feed_forward.w1.weight",
+                "model.layers.0.mlp.gate_proj.weight",
+            ),
+            (
+                "layers.0.feed_forward.w2.weight",
+                "model.layers.0.mlp.down_proj.weight",
+            ),
+            (
+                "layers.0.feed_forward.w3.weight",
+                "model.layers.0.mlp.up_proj.weight",
+            ),
+            (
+                "layers.1.attention_norm.weight",
+                "model.layers.1.input_layernorm.weight",
+            ),
+            (
+                "layers.1.ffn_norm.weight",
+                "model.layers.1.post_attention_layernorm.weight",
+            ),
             ("norm.weight", "model.norm.weight"),
             ("output.weight", "lm_head.weight"),
         ];
@@ -396,9 +510,18 @@ mod tests {
             assert_eq!(a.from_hf_name(hf).unwrap().as_deref(), Some(titan));
         }
         assert_eq!(a.fqn_shapes().len(), 2 + 2 * 9 + 1);
-        assert!(a.to_hf_name("layers.2.attention.wq.weight").is_err(), "layer beyond n_layers");
-        assert_eq!(a.from_hf_name("model.layers.0.self_attn.rotary_emb.inv_freq").unwrap(), None);
-        assert!(a.from_hf_name("model.layers.0.self_attn.q_proj.bias").is_err());
+        assert!(
+            a.to_hf_name("layers.2.attention.wq.weight").is_err(),
+            "layer beyond n_layers"
+        );
+        assert_eq!(
+            a.from_hf_name("model.layers.0.self_attn.rotary_emb.inv_freq")
+                .unwrap(),
+            None
+        );
+        assert!(a
+            .from_hf_name("model.layers.0.self_attn.q_proj.bias")
+            .is_err());
     }
 
     #[test]
@@ -406,8 +529,14 @@ mod tests {
         let a = tiny();
         let wk = Tensor::zeros((4, 8), DType::F32, &Device::Cpu).unwrap();
         assert!(a.to_hf_tensor("layers.0.attention.wk.weight", &wk).is_ok());
-        let err = a.to_hf_tensor("layers.0.attention.wq.weight", &wk).unwrap_err().to_string();
-        assert!(err.contains("layers.0.attention.wq.weight") && err.contains("[8, 8]"), "{err}");
+        let err = a
+            .to_hf_tensor("layers.0.attention.wq.weight", &wk)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("layers.0.attention.wq.weight") && err.contains("[8, 8]"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub const EXPORT_SUBDIR: &str = "hf";
 
 /// Maps one model's torchtitan state dict (FQNs without the `model.` prefix) to Hugging
 /// Face's and back. Each weight maps to one HF weight of the same shape.
+// `from_hf*` take `&self` (the model dimensions): torchtitan's names, kept for familiarity.
+#[allow(clippy::wrong_self_convention)]
 pub trait StateDictAdapter: Send + Sync {
     /// Every torchtitan FQN of the model with its shape, in state-dict order.
     fn fqn_shapes(&self) -> Vec<(String, Vec<usize>)>;
@@ -55,7 +57,10 @@ pub trait StateDictAdapter: Send + Sync {
 
     /// A whole torchtitan state dict in HF names and layout.
     fn to_hf(&self, state: &BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>> {
-        state.iter().map(|(fqn, t)| Ok((self.to_hf_name(fqn)?, self.to_hf_tensor(fqn, t)?))).collect()
+        state
+            .iter()
+            .map(|(fqn, t)| Ok((self.to_hf_name(fqn)?, self.to_hf_tensor(fqn, t)?)))
+            .collect()
     }
 
     /// A whole HF state dict in torchtitan names and layout (fallbacks applied, dropped
@@ -72,7 +77,10 @@ pub trait StateDictAdapter: Send + Sync {
             if out.contains_key(&fqn) {
                 continue;
             }
-            if let Some(t) = self.hf_fallback(&self.to_hf_name(&fqn)?).and_then(|fb| state.get(&fb)) {
+            if let Some(t) = self
+                .hf_fallback(&self.to_hf_name(&fqn)?)
+                .and_then(|fb| state.get(&fb))
+            {
                 let v = self.from_hf_tensor(&fqn, t)?;
                 out.insert(fqn, v);
             }
@@ -93,7 +101,10 @@ pub struct HfExportOptions {
 
 impl Default for HfExportOptions {
     fn default() -> Self {
-        Self { dtype: None, max_shard_bytes: 5_000_000_000 }
+        Self {
+            dtype: None,
+            max_shard_bytes: 5_000_000_000,
+        }
     }
 }
 
@@ -112,13 +123,20 @@ fn staging_dir_for(out: &Path) -> Result<PathBuf> {
             return Err(Error::Io {
                 op: "write into",
                 path: out.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "folder exists and is not empty: choose a new output folder"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "folder exists and is not empty: choose a new output folder",
+                ),
             });
         }
     }
     let parent = out.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(Error::io("create folder", parent))?;
-    let name = out.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let name = out
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
     layout::remove_dir_if_exists(&tmp)?;
     std::fs::create_dir_all(&tmp).map_err(Error::io("create folder", &tmp))?;
@@ -135,12 +153,21 @@ fn publish_staged(tmp: &Path, out: &Path) -> Result<()> {
 
 /// Export the model of the complete Titan checkpoint `step_dir` as a Hugging Face folder
 /// `out_dir` (which must not exist or be empty).
-pub fn export_checkpoint(step_dir: &Path, adapter: &dyn StateDictAdapter, out_dir: &Path, opts: &HfExportOptions) -> Result<()> {
+pub fn export_checkpoint(
+    step_dir: &Path,
+    adapter: &dyn StateDictAdapter,
+    out_dir: &Path,
+    opts: &HfExportOptions,
+) -> Result<()> {
     let index = read_index(step_dir)?;
     let tmp = staging_dir_for(out_dir)?;
     export_with_index(step_dir, &index, adapter, &tmp, opts, true)?;
     publish_staged(&tmp, out_dir)?;
-    tracing::info!("Exported {} to Hugging Face folder {}", step_dir.display(), out_dir.display());
+    tracing::info!(
+        "Exported {} to Hugging Face folder {}",
+        step_dir.display(),
+        out_dir.display()
+    );
     Ok(())
 }
 
@@ -167,18 +194,42 @@ pub(crate) fn export_with_index(
     let mut items = Vec::new();
     for (fqn, shape) in adapter.fqn_shapes() {
         let name = keys::model(&fqn);
-        let entry = index.tensors.get(&name).ok_or_else(|| Error::MissingTensor { name: name.clone(), dir: dir.to_path_buf() })?;
+        let entry = index
+            .tensors
+            .get(&name)
+            .ok_or_else(|| Error::MissingTensor {
+                name: name.clone(),
+                dir: dir.to_path_buf(),
+            })?;
         if entry.global_shape != shape {
-            return Err(Error::ShapeMismatch { name, dir: dir.to_path_buf(), saved: entry.global_shape.clone(), expected: shape });
+            return Err(Error::ShapeMismatch {
+                name,
+                dir: dir.to_path_buf(),
+                saved: entry.global_shape.clone(),
+                expected: shape,
+            });
         }
         let dtype = opts.dtype.unwrap_or(index.dtype_of(&name, entry)?);
         let bytes = (shape.iter().product::<usize>() * dtype.size_in_bytes()) as u64;
         let hf_name = adapter.to_hf_name(&fqn)?;
-        items.push(ExportItem { fqn, hf_name, shape, dtype, bytes });
+        items.push(ExportItem {
+            fqn,
+            hf_name,
+            shape,
+            dtype,
+            bytes,
+        });
     }
-    let known: std::collections::BTreeSet<String> = items.iter().map(|i| keys::model(&i.fqn)).collect();
-    for name in index.tensors.keys().filter(|n| keys::top_level(n) == keys::MODEL && !known.contains(*n)) {
-        tracing::warn!("Hugging Face export skips `{name}`: the state-dict adapter does not know it");
+    let known: std::collections::BTreeSet<String> =
+        items.iter().map(|i| keys::model(&i.fqn)).collect();
+    for name in index
+        .tensors
+        .keys()
+        .filter(|n| keys::top_level(n) == keys::MODEL && !known.contains(*n))
+    {
+        tracing::warn!(
+            "Hugging Face export skips `{name}`: the state-dict adapter does not know it"
+        );
     }
 
     // Greedy grouping into files of at most max_shard_bytes (a larger tensor gets its own).
@@ -195,7 +246,13 @@ pub(crate) fn export_with_index(
         current_bytes += item.bytes;
     }
     let n_files = groups.len().max(1);
-    let file_name = |g: usize| if n_files == 1 { SINGLE_FILE.to_string() } else { files::shard_file_name(g, n_files) };
+    let file_name = |g: usize| {
+        if n_files == 1 {
+            SINGLE_FILE.to_string()
+        } else {
+            files::shard_file_name(g, n_files)
+        }
+    };
 
     let total: u64 = items.iter().map(|i| i.bytes).sum();
     let mut progress = ByteProgress::new("exporting to Hugging Face", total, interactive);
@@ -209,7 +266,11 @@ pub(crate) fn export_with_index(
             .iter()
             .map(|&i| {
                 let it = &items[i];
-                Ok(TensorHeader { name: it.hf_name.clone(), dtype: st_dtype(&it.hf_name, it.dtype)?, shape: it.shape.clone() })
+                Ok(TensorHeader {
+                    name: it.hf_name.clone(),
+                    dtype: st_dtype(&it.hf_name, it.dtype)?,
+                    shape: it.shape.clone(),
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let mut writer = SafetensorsWriter::create(&path, &headers, &metadata)?;
@@ -221,7 +282,11 @@ pub(crate) fn export_with_index(
             if hf.dims() != it.shape.as_slice() {
                 return Err(Error::Adapter {
                     name: it.fqn.clone(),
-                    reason: format!("to_hf_tensor changed the shape {:?} to {:?}", it.shape, hf.dims()),
+                    reason: format!(
+                        "to_hf_tensor changed the shape {:?} to {:?}",
+                        it.shape,
+                        hf.dims()
+                    ),
                 });
             }
             writer.write_tensor(&it.hf_name, &tensor_to_le_bytes(&it.hf_name, &hf)?)?;
@@ -234,7 +299,10 @@ pub(crate) fn export_with_index(
     if n_files > 1 {
         let mut meta = serde_json::Map::new();
         meta.insert("total_size".into(), total.into());
-        let index = HfIndex { metadata: meta, weight_map };
+        let index = HfIndex {
+            metadata: meta,
+            weight_map,
+        };
         let path = out_dir.join(INDEX_FILE);
         let bytes = serde_json::to_vec_pretty(&index).map_err(Error::json(&path))?;
         layout::write_durably(&path, &bytes)?;
@@ -254,10 +322,16 @@ fn hf_source(folder: &HfFolder, adapter: &dyn StateDictAdapter, fqn: &str) -> Re
     }
     match adapter.hf_fallback(&hf) {
         Some(fb) if folder.contains(&fb) => {
-            tracing::info!("`{hf}` is absent from {}: using `{fb}` (tied weights)", folder.dir.display());
+            tracing::info!(
+                "`{hf}` is absent from {}: using `{fb}` (tied weights)",
+                folder.dir.display()
+            );
             Ok(fb)
         }
-        _ => Err(Error::Hf { path: folder.dir.clone(), reason: format!("tensor `{hf}` (Titan `{fqn}`) is missing") }),
+        _ => Err(Error::Hf {
+            path: folder.dir.clone(),
+            reason: format!("tensor `{hf}` (Titan `{fqn}`) is missing"),
+        }),
     }
 }
 
@@ -276,20 +350,36 @@ fn open_checked(hf_dir: &Path, adapter: &dyn StateDictAdapter) -> Result<HfFolde
 
 /// Convert the Hugging Face folder `hf_dir` into a complete, model-only Titan checkpoint
 /// folder `out_dir` (step 0, one rank), usable as `checkpoint.initial_load_path`.
-pub fn import_checkpoint(hf_dir: &Path, adapter: &dyn StateDictAdapter, out_dir: &Path, opts: &HfImportOptions) -> Result<()> {
+pub fn import_checkpoint(
+    hf_dir: &Path,
+    adapter: &dyn StateDictAdapter,
+    out_dir: &Path,
+    opts: &HfImportOptions,
+) -> Result<()> {
     let folder = open_checked(hf_dir, adapter)?;
     let mut plan = Vec::new();
     for (fqn, shape) in adapter.fqn_shapes() {
         let src = hf_source(&folder, adapter, &fqn)?;
-        let info: &TensorInfo = folder.info(&src).ok_or_else(|| Error::Hf { path: hf_dir.to_path_buf(), reason: format!("no header for `{src}`") })?;
+        let info: &TensorInfo = folder.info(&src).ok_or_else(|| Error::Hf {
+            path: hf_dir.to_path_buf(),
+            reason: format!("no header for `{src}`"),
+        })?;
         if info.shape != shape {
-            return Err(Error::ShapeMismatch { name: src, dir: hf_dir.to_path_buf(), saved: info.shape.clone(), expected: shape });
+            return Err(Error::ShapeMismatch {
+                name: src,
+                dir: hf_dir.to_path_buf(),
+                saved: info.shape.clone(),
+                expected: shape,
+            });
         }
         let dtype = match opts.dtype {
             Some(d) => d,
             None => crate::host::candle_dtype(info.dtype).ok_or_else(|| Error::Hf {
                 path: hf_dir.to_path_buf(),
-                reason: format!("tensor `{src}` has dtype {:?}, which Titan does not read", info.dtype),
+                reason: format!(
+                    "tensor `{src}` has dtype {:?}, which Titan does not read",
+                    info.dtype
+                ),
             })?,
         };
         plan.push((fqn, src, shape, dtype));
@@ -300,7 +390,11 @@ pub fn import_checkpoint(hf_dir: &Path, adapter: &dyn StateDictAdapter, out_dir:
         .iter()
         .map(|(fqn, _, shape, dtype)| {
             let name = keys::model(fqn);
-            Ok(TensorHeader { dtype: st_dtype(&name, *dtype)?, name, shape: shape.clone() })
+            Ok(TensorHeader {
+                dtype: st_dtype(&name, *dtype)?,
+                name,
+                shape: shape.clone(),
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     let total: u64 = headers.iter().map(|h| h.byte_len() as u64).sum();
@@ -310,7 +404,9 @@ pub fn import_checkpoint(hf_dir: &Path, adapter: &dyn StateDictAdapter, out_dir:
     let mut index = CheckpointIndex::new(0, 1, None, true);
     for (fqn, src, shape, dtype) in &plan {
         let name = keys::model(fqn);
-        let t = adapter.from_hf_tensor(fqn, &folder.read(src)?)?.to_dtype(*dtype)?;
+        let t = adapter
+            .from_hf_tensor(fqn, &folder.read(src)?)?
+            .to_dtype(*dtype)?;
         let bytes = tensor_to_le_bytes(&name, &t)?;
         let hash = writer.write_tensor(&name, &bytes)?;
         progress.advance(bytes.len() as u64);
@@ -319,17 +415,34 @@ pub fn import_checkpoint(hf_dir: &Path, adapter: &dyn StateDictAdapter, out_dir:
             TensorEntry {
                 dtype: dtype_name(st_dtype(&name, *dtype)?),
                 global_shape: shape.clone(),
-                shards: vec![ShardEntry { rank: 0, file: file_name.clone(), offset: vec![0; shape.len()], shape: shape.clone(), xxh64: to_hex(hash) }],
+                shards: vec![ShardEntry {
+                    rank: 0,
+                    file: file_name.clone(),
+                    offset: vec![0; shape.len()],
+                    shape: shape.clone(),
+                    xxh64: to_hex(hash),
+                }],
             },
         );
     }
     let written = writer.finish()?;
     progress.finish();
-    index.files.insert(file_name, FileEntry { rank: 0, bytes: written.bytes, xxh64: to_hex(written.xxh64) });
+    index.files.insert(
+        file_name,
+        FileEntry {
+            rank: 0,
+            bytes: written.bytes,
+            xxh64: to_hex(written.xxh64),
+        },
+    );
     index.validate_layout()?;
     layout::write_index_and_marker(&tmp, &index)?;
     publish_staged(&tmp, out_dir)?;
-    tracing::info!("Imported Hugging Face folder {} as Titan checkpoint {}", hf_dir.display(), out_dir.display());
+    tracing::info!(
+        "Imported Hugging Face folder {} as Titan checkpoint {}",
+        hf_dir.display(),
+        out_dir.display()
+    );
     Ok(())
 }
 
@@ -351,7 +464,10 @@ pub fn load_hf(
             continue;
         };
         let src = hf_source(&folder, adapter, fqn)?;
-        let info = folder.info(&src).ok_or_else(|| Error::Hf { path: hf_dir.to_path_buf(), reason: format!("no header for `{src}`") })?;
+        let info = folder.info(&src).ok_or_else(|| Error::Hf {
+            path: hf_dir.to_path_buf(),
+            reason: format!("no header for `{src}`"),
+        })?;
         if info.shape != req.global_shape {
             return Err(Error::ShapeMismatch {
                 name: req.name.clone(),
@@ -361,7 +477,10 @@ pub fn load_hf(
             });
         }
         if let Some(why) = req.region().out_of_bounds(&req.global_shape) {
-            return Err(Error::Request { name: req.name.clone(), reason: why });
+            return Err(Error::Request {
+                name: req.name.clone(),
+                reason: why,
+            });
         }
         let bytes = (info.data_offsets.1 - info.data_offsets.0) as u64;
         plan.push((req, fqn, src, bytes));
