@@ -77,6 +77,16 @@ pub const UNSUPPORTED: &[SupportRule] = &[
     default_only("parallelism.expert_tensor_parallel_degree", NO_EP),
     default_only("parallelism.expert_parallel_comm_backend", NO_EP),
     default_only(
+        "metrics.enable_wandb",
+        "Titan has no Weights & Biases client; use TensorBoard or metrics.jsonl",
+    ),
+    SupportRule {
+        key: "checkpoint.async_mode",
+        accepted: Accepted::OneOf(&["disabled", "async"]),
+        why: "Titan writes in a background thread (`async`); staging through pinned memory \
+              into a separate writer process is not built yet",
+    },
+    default_only(
         "checkpoint.initial_load_in_hf_quantized",
         "Titan cannot dequantize Hugging Face checkpoints yet",
     ),
@@ -112,91 +122,96 @@ pub const UNSUPPORTED: &[SupportRule] = &[
     ),
 ];
 
-/// Options Titan accepts but that have no effect in Titan, with the reason.
+const ONLY_PROFILING: &str = "applies to profiling only, which Titan does not support yet";
+const ONLY_PP: &str = "applies to pipeline parallelism only, which Titan does not support yet";
+const ONLY_CP: &str = "applies to context parallelism only, which Titan does not support yet";
+const ONLY_TP: &str = "applies to tensor parallelism only, which Titan does not support yet";
+const ONLY_FT: &str = "applies to fault tolerance only, which Titan does not support yet";
+const NO_DATALOADER: &str = "configures PyTorch's DataLoader, which Titan does not use";
+const NO_GC: &str = "Rust has no garbage collector";
+const NO_FLIGHT_RECORDER: &str = "Titan has no flight recorder";
+const ONLY_TORCH_AC: &str = "applies to PyTorch's checkpoint wrapper only";
+
+/// Options Titan accepts but that have no effect in Titan, with the reason. A key may name a
+/// whole section (`quantize`): every option under it.
 pub const IGNORED: &[(&str, &str)] = &[
-    ("training.gc_freq", "Rust has no garbage collector"),
-    ("training.gc_debug", "Rust has no garbage collector"),
+    ("profiling.save_traces_folder", ONLY_PROFILING),
+    ("profiling.profile_freq", ONLY_PROFILING),
+    ("profiling.profiler_active", ONLY_PROFILING),
+    ("profiling.profiler_warmup", ONLY_PROFILING),
+    ("profiling.save_memory_snapshot_folder", ONLY_PROFILING),
     (
-        "training.dataloader.num_workers",
-        "configures PyTorch's DataLoader, which Titan does not use",
-    ),
-    (
-        "training.dataloader.persistent_workers",
-        "configures PyTorch's DataLoader, which Titan does not use",
-    ),
-    (
-        "training.dataloader.pin_memory",
-        "configures PyTorch's DataLoader, which Titan does not use",
-    ),
-    (
-        "training.dataloader.prefetch_factor",
-        "configures PyTorch's DataLoader, which Titan does not use",
-    ),
-    (
-        "validation.dataloader.num_workers",
-        "configures PyTorch's DataLoader, which Titan does not use",
-    ),
-    (
-        "validation.dataloader.persistent_workers",
-        "configures PyTorch's DataLoader, which Titan does not use",
-    ),
-    (
-        "validation.dataloader.pin_memory",
-        "configures PyTorch's DataLoader, which Titan does not use",
-    ),
-    (
-        "validation.dataloader.prefetch_factor",
-        "configures PyTorch's DataLoader, which Titan does not use",
+        "model.print_after_conversion",
+        "Titan has no model converters yet",
     ),
     (
         "optimizer.implementation",
         "selects among PyTorch's optimizer kernels; Titan has its own step (same math)",
     ),
+    ("training.gc_freq", NO_GC),
+    ("training.gc_debug", NO_GC),
+    ("training.dataloader", NO_DATALOADER),
+    ("validation.dataloader", NO_DATALOADER),
+    ("parallelism.disable_loss_parallel", ONLY_TP),
+    ("parallelism.module_fqns_per_model_part", ONLY_PP),
     (
-        "model.print_after_conversion",
-        "Titan has no model converters yet",
+        "parallelism.pipeline_parallel_first_stage_less_layers",
+        ONLY_PP,
     ),
-    ("compile.components", "Titan has no compiler"),
-    ("compile.backend", "Titan has no compiler"),
     (
-        "activation_checkpoint.early_stop",
-        "applies to PyTorch's checkpoint wrapper only",
+        "parallelism.pipeline_parallel_last_stage_less_layers",
+        ONLY_PP,
     ),
+    ("parallelism.pipeline_parallel_layers_per_stage", ONLY_PP),
+    ("parallelism.pipeline_parallel_schedule", ONLY_PP),
+    ("parallelism.pipeline_parallel_schedule_csv", ONLY_PP),
+    ("parallelism.pipeline_parallel_microbatch_size", ONLY_PP),
+    (
+        "parallelism.pipeline_parallel_expert_parallel_overlap",
+        ONLY_PP,
+    ),
+    ("parallelism.context_parallel_load_balancer", ONLY_CP),
+    ("parallelism.context_parallel_rotate_method", ONLY_CP),
+    ("checkpoint.enable_ft_dataloader_checkpoints", ONLY_FT),
+    ("activation_checkpoint.early_stop", ONLY_TORCH_AC),
     (
         "activation_checkpoint.preserve_rng_state",
         "Llama has no dropout: there is no RNG state to preserve",
     ),
-    (
-        "activation_checkpoint.determinism_check",
-        "applies to PyTorch's checkpoint wrapper only",
-    ),
-    (
-        "activation_checkpoint.debug",
-        "applies to PyTorch's checkpoint wrapper only",
-    ),
+    ("activation_checkpoint.determinism_check", ONLY_TORCH_AC),
+    ("activation_checkpoint.debug", ONLY_TORCH_AC),
     (
         "activation_checkpoint.per_op_sac_force_recompute_mm_shapes_by_fqns",
         "only MoE router shapes are listed by default, and Titan has no MoE",
     ),
     (
-        "debug.deterministic_warn_only",
-        "applies to PyTorch's deterministic-algorithms switch only",
+        "activation_checkpoint.memory_budget",
+        "applies to mode = \"memory_budget\" only, which Titan does not support yet",
     ),
-    ("debug.moe_force_load_balance", "Titan has no MoE models"),
-    ("comm.trace_buf_size", "Titan has no flight recorder"),
-    ("comm.save_traces_folder", "Titan has no flight recorder"),
-    (
-        "comm.save_traces_file_prefix",
-        "Titan has no flight recorder",
-    ),
-    (
-        "memory_estimation.disable_fake_mode",
-        "applies to PyTorch's FakeTensorMode only",
-    ),
+    ("compile.components", "Titan has no compiler"),
+    ("compile.backend", "Titan has no compiler"),
     (
         "quantize",
         "quantize.* only matters with model.converters, which Titan does not support yet",
     ),
+    ("comm.trace_buf_size", NO_FLIGHT_RECORDER),
+    ("comm.save_traces_folder", NO_FLIGHT_RECORDER),
+    ("comm.save_traces_file_prefix", NO_FLIGHT_RECORDER),
+    (
+        "memory_estimation.disable_fake_mode",
+        "applies to PyTorch's FakeTensorMode only",
+    ),
+    ("fault_tolerance.process_group", ONLY_FT),
+    ("fault_tolerance.process_group_timeout_ms", ONLY_FT),
+    ("fault_tolerance.replica_id", ONLY_FT),
+    ("fault_tolerance.group_size", ONLY_FT),
+    ("fault_tolerance.min_replica_size", ONLY_FT),
+    ("fault_tolerance.semi_sync_method", ONLY_FT),
+    (
+        "debug.deterministic_warn_only",
+        "applies to PyTorch's deterministic-algorithms switch only",
+    ),
+    ("debug.moe_force_load_balance", "Titan has no MoE models"),
 ];
 
 /// A setting that Titan accepts but ignores.
@@ -331,6 +346,16 @@ mod tests {
     }
 
     #[test]
+    fn no_option_is_both_refused_and_ignored() {
+        for rule in UNSUPPORTED {
+            let ignored = IGNORED
+                .iter()
+                .any(|(prefix, _)| options_under(prefix).any(|k| k == rule.key));
+            assert!(!ignored, "{}", rule.key);
+        }
+    }
+
+    #[test]
     fn defaults_are_supported_and_not_ignored() {
         let config = JobConfig::default();
         assert!(config.check_supported().is_ok());
@@ -369,6 +394,7 @@ mod tests {
         let mut config = JobConfig::default();
         config.training.gc_freq = 7;
         config.quantize.linear.float8.filter_fqns = vec!["output".into()];
+        config.training.dataloader.num_workers = 2;
         let keys: Vec<_> = config
             .ignored_settings()
             .into_iter()
@@ -376,7 +402,11 @@ mod tests {
             .collect();
         assert_eq!(
             keys,
-            ["training.gc_freq", "quantize.linear.float8.filter_fqns"]
+            [
+                "training.gc_freq",
+                "training.dataloader.num_workers",
+                "quantize.linear.float8.filter_fqns"
+            ]
         );
     }
 }

@@ -382,7 +382,7 @@ mod tests {
         let mut config = JobConfig::default();
         config.checkpoint.last_save_in_hf = true;
         config.checkpoint.last_save_model_only = false;
-        config.checkpoint.exclude_from_loading = vec!["model".into()];
+        config.checkpoint.exclude_from_loading = vec!["weights".into()];
         config.model.dim = Some(100);
         config.model.n_heads = Some(16);
         let found = keys(&config);

@@ -27,7 +27,13 @@ choice! {
 }
 
 /// What `checkpoint.exclude_from_loading` may name.
-pub const CHECKPOINT_PARTS: &[&str] = &["optimizer", "lr_scheduler", "dataloader", "train_state"];
+pub const CHECKPOINT_PARTS: &[&str] = &[
+    "model",
+    "optimizer",
+    "lr_scheduler",
+    "dataloader",
+    "train_state",
+];
 
 section! {
     /// Checkpointing: `{job.dump_folder}/{checkpoint.folder}/step-{N}/`.
@@ -60,7 +66,7 @@ section! {
         pub keep_latest_k: usize = 10,
         /// Step to load; -1 loads the latest.
         pub load_step: i64 = -1,
-        /// Checkpoint parts not to load: any of `optimizer`, `lr_scheduler`, `dataloader`, `train_state`.
+        /// Checkpoint parts not to load: any of `model`, `optimizer`, `lr_scheduler`, `dataloader`, `train_state`.
         pub exclude_from_loading: Vec<String> = Vec::new(),
         /// Also save a checkpoint right after the first step.
         pub enable_first_step_checkpoint: bool = false,
