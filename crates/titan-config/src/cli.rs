@@ -18,10 +18,9 @@ pub(crate) struct Override {
     pub value: CliValue,
 }
 
-/// What the command line asks for.
+/// The overrides a command line asks for.
 #[derive(Debug, Default)]
 pub(crate) struct CommandLine {
-    pub help: bool,
     pub overrides: Vec<Override>,
 }
 
@@ -91,10 +90,6 @@ pub(crate) fn parse<S: AsRef<str>>(args: &[S]) -> Result<CommandLine> {
     let mut command_line = CommandLine::default();
     let mut args = args.iter().map(AsRef::as_ref).peekable();
     while let Some(arg) = args.next() {
-        if arg == "--help" || arg == "-h" {
-            command_line.help = true;
-            continue;
-        }
         let Some(body) = arg.strip_prefix("--") else {
             return Err(Error::UnexpectedArgument {
                 arg: arg.to_string(),

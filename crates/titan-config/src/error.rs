@@ -130,7 +130,7 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{origin} is not valid TOML: {message}")]
+    #[error("invalid TOML {origin}: {message}")]
     Syntax { origin: Origin, message: String },
     #[error("cannot serialize the configuration: {0}")]
     Serialize(String),

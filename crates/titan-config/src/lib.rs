@@ -57,10 +57,11 @@ pub enum Invocation {
 /// [`JobConfig::check_supported`]: the trainer does, so that `--job.print_config` and tools
 /// can still show configurations Titan cannot train yet.
 pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Invocation> {
-    let command_line = cli::parse(args)?;
-    if command_line.help {
+    // Help wins over everything else, even over arguments that would not parse.
+    if args.iter().any(|a| matches!(a.as_ref(), "--help" | "-h")) {
         return Ok(Invocation::Help(help_text()));
     }
+    let command_line = cli::parse(args)?;
     let source = source_for(command_line.config_file())?;
     let config = load_layers(&source, &command_line.overrides)?;
     Ok(Invocation::Run(Box::new(config)))

@@ -22,13 +22,30 @@ fn committed_configs() -> Vec<PathBuf> {
     files
 }
 
-/// A scratch file unique to one test.
-fn scratch_file(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("titan-config-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    let path = dir.join("job.toml");
-    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    path
+/// A scratch folder unique to one test, removed when dropped.
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("titan-config-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        Scratch { dir }
+    }
+
+    /// Writes `job.toml` with `text` and returns its path.
+    fn toml(&self, text: &str) -> PathBuf {
+        let path = self.dir.join("job.toml");
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn run(args: &[&str]) -> JobConfig {
@@ -163,10 +180,9 @@ fn embedded_default_is_the_committed_file() {
 
 #[test]
 fn precedence_is_command_line_over_file_over_defaults() {
-    let path = scratch_file(
-        "precedence",
-        "[training]\nsteps = 10\nseq_len = 512\n[lr_scheduler]\ndecay_ratio = 0.5\n",
-    );
+    let scratch = Scratch::new("precedence");
+    let path =
+        scratch.toml("[training]\nsteps = 10\nseq_len = 512\n[lr_scheduler]\ndecay_ratio = 0.5\n");
     let path = path.to_string_lossy();
     let config = run(&[
         "--job.config_file",
@@ -217,10 +233,8 @@ fn flags_negations_and_lists() {
 
 #[test]
 fn unknown_option_in_file_names_file_line_and_suggestion() {
-    let path = scratch_file(
-        "unknown-key",
-        "[job]\ndescription = \"x\"\n\n[training]\nstpes = 5\n",
-    );
+    let scratch = Scratch::new("unknown-key");
+    let path = scratch.toml("[job]\ndescription = \"x\"\n\n[training]\nstpes = 5\n");
     let message = error(&["--config", &path.to_string_lossy()]).to_string();
     let expected = format!(
         "unknown option `training.stpes` in {}:5; did you mean `training.steps`?",
@@ -231,7 +245,8 @@ fn unknown_option_in_file_names_file_line_and_suggestion() {
 
 #[test]
 fn unknown_section_in_file_names_the_closest_section() {
-    let path = scratch_file("unknown-section", "[trainig]\nsteps = 5\n");
+    let scratch = Scratch::new("unknown-section");
+    let path = scratch.toml("[trainig]\nsteps = 5\n");
     match error(&["--config", &path.to_string_lossy()]) {
         Error::UnknownSection {
             key,
@@ -275,7 +290,8 @@ fn wrong_types_name_key_value_and_expected_type() {
         "{negative}"
     );
 
-    let path = scratch_file("wrong-type", "[training]\nseq_len = \"long\"\n");
+    let scratch = Scratch::new("wrong-type");
+    let path = scratch.toml("[training]\nseq_len = \"long\"\n");
     let file = error(&["--config", &path.to_string_lossy()]).to_string();
     assert_eq!(
         file,
@@ -285,10 +301,8 @@ fn wrong_types_name_key_value_and_expected_type() {
         )
     );
 
-    let path = scratch_file(
-        "wrong-choice",
-        "[activation_checkpoint]\nmode = \"fulll\"\n",
-    );
+    let scratch = Scratch::new("wrong-choice");
+    let path = scratch.toml("[activation_checkpoint]\nmode = \"fulll\"\n");
     let choice = error(&["--config", &path.to_string_lossy()]).to_string();
     assert!(
         choice.contains(
@@ -305,7 +319,8 @@ fn wrong_types_name_key_value_and_expected_type() {
 
 #[test]
 fn invalid_values_name_where_they_were_set() {
-    let path = scratch_file("invalid", "[training]\nseq_len = 0\n");
+    let scratch = Scratch::new("invalid");
+    let path = scratch.toml("[training]\nseq_len = 0\n");
     let message = error(&[
         "--config",
         &path.to_string_lossy(),
@@ -330,7 +345,7 @@ fn invalid_values_name_where_they_were_set() {
 
 #[test]
 fn help_is_an_invocation() {
-    match parse_args(&["--training.steps", "5", "--help"]) {
+    match parse_args(&["--training.stpes", "5", "--help"]) {
         Ok(Invocation::Help(text)) => {
             assert!(text.contains("--training.steps  int >= 0  (default: 10000, default run: 100)"));
             let option_lines = text
@@ -377,7 +392,8 @@ fn print_config_round_trips() {
 
 #[test]
 fn saves_into_the_dump_folder() {
-    let dir = std::env::temp_dir().join(format!("titan-config-{}-save", std::process::id()));
+    let scratch = Scratch::new("save");
+    let dir = scratch.dir.clone();
     let dump = dir.to_string_lossy();
     let config = run(&["--job.dump_folder", &dump, "--training.steps", "9"]);
     let path = config
@@ -411,5 +427,58 @@ fn deprecated_tokenizer_path_becomes_hf_assets_path() {
 fn show_help() {
     if std::env::var_os("TITAN_SHOW_HELP").is_some() {
         println!("{}", titan_config::help_text());
+    }
+}
+
+#[test]
+fn syntax_errors_name_the_file_and_line() {
+    let scratch = Scratch::new("syntax");
+    let path = scratch.toml("[training]\nsteps = = 5\n");
+    let message = error(&["--config", &path.to_string_lossy()]).to_string();
+    assert!(
+        message.starts_with(&format!("invalid TOML in {}: ", path.display())),
+        "{message}"
+    );
+    if std::env::var_os("TITAN_SHOW_HELP").is_some() {
+        println!("{message}");
+    }
+    assert!(message.contains("line 2"), "{message}");
+    let missing = error(&["--config", "/nonexistent/titan.toml"]).to_string();
+    assert!(
+        missing.contains("cannot read config file /nonexistent/titan.toml"),
+        "{missing}"
+    );
+}
+
+#[test]
+fn integers_are_accepted_for_float_options() {
+    let scratch = Scratch::new("int-float");
+    let path = scratch.toml("[optimizer]\nlr = 1\nweight_decay = 0\n");
+    let config = run(&[
+        "--config",
+        &path.to_string_lossy(),
+        "--training.max_norm",
+        "2",
+    ]);
+    assert_eq!(config.optimizer.lr, 1.0);
+    assert_eq!(config.optimizer.weight_decay, 0.0);
+    assert_eq!(config.training.max_norm, 2.0);
+}
+
+#[test]
+fn ignored_settings_of_the_debug_file_are_reported() {
+    let path = configs_dir().join("llama3_debugmodel.toml");
+    let config = run(&["--config", &path.to_string_lossy()]);
+    let keys: Vec<String> = config
+        .ignored_settings()
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    for key in [
+        "profiling.save_traces_folder",
+        "parallelism.pipeline_parallel_schedule",
+        "quantize.linear.float8.filter_fqns",
+    ] {
+        assert!(keys.iter().any(|k| k == key), "{key} not in {keys:?}");
     }
 }
