@@ -6,7 +6,8 @@
 //! underscores (`--job.config-file`). `--config PATH` is Titan's alias of `--job.config_file`.
 
 use crate::error::{Error, Origin, Result};
-use crate::schema::{schema, CliValue, OptionSpec, NONE_WORDS};
+use crate::option_type::{CliValue, NONE_WORDS};
+use crate::schema::{schema, OptionSpec};
 use crate::suggest::{closest, closest_key};
 
 /// One `--key value` from the command line, type-checked against the schema.

@@ -21,9 +21,11 @@
 //! ```
 
 mod cli;
+mod declare;
 mod error;
 mod help;
 mod load;
+mod option_type;
 mod output;
 mod schema;
 mod sections;
@@ -35,8 +37,9 @@ use std::path::Path;
 
 pub use error::{Error, Origin, Problem, Result, UnsupportedSetting};
 pub use help::{help_text, markdown_reference};
+pub use option_type::{CliValue, OptionType};
 pub use output::DEFAULT_SAVE_NAME;
-pub use schema::{schema, CliValue, OptionSpec, OptionType, Schema, SectionSpec};
+pub use schema::{schema, OptionSpec, Schema, SectionSpec};
 pub use sections::*;
 pub use support::{Accepted, IgnoredSetting, SupportRule, IGNORED, UNSUPPORTED};
 

@@ -10,7 +10,8 @@ use figment::{Figment, Metadata, Profile, Provider};
 
 use crate::cli::{wrong_type, Override};
 use crate::error::{Error, Origin, Result};
-use crate::schema::{join_key, schema, CliValue};
+use crate::option_type::CliValue;
+use crate::schema::{join_key, schema};
 use crate::sections::JobConfig;
 use crate::suggest::{closest, closest_key};
 

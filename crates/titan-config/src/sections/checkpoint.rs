@@ -1,6 +1,6 @@
 //! `[checkpoint]`: saving, resuming and exporting.
 
-use crate::schema::{choice, section};
+use crate::declare::{choice, section};
 
 choice! {
     /// Dtype of the final model-only export.

@@ -1,6 +1,6 @@
 //! `[compile]` and `[quantize.*]`: torch.compile and low-precision training options.
 
-use crate::schema::{choice, section};
+use crate::declare::{choice, section};
 
 choice! {
     /// Float8 scaling recipe.

@@ -1,6 +1,6 @@
 //! Run-level sections: `[job]`, `[debug]` and `[experimental]`.
 
-use crate::schema::section;
+use crate::declare::section;
 
 section! {
     /// Job level configuration: where outputs go and how the configuration itself is shown.

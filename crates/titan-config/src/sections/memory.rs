@@ -4,7 +4,8 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::schema::{choice, section, OptionType};
+use crate::declare::{choice, section};
+use crate::option_type::{CliValue, OptionType};
 
 choice! {
     /// Activation checkpointing mode.
@@ -81,10 +82,8 @@ impl OptionType for SelectiveAcOption {
     fn type_name() -> String {
         "str (\"op\" or a layer interval N >= 1, e.g. \"2\")".into()
     }
-    fn cli_value(text: &str) -> Option<crate::schema::CliValue> {
-        Some(crate::schema::CliValue::Set(toml::Value::String(
-            text.to_string(),
-        )))
+    fn cli_value(text: &str) -> Option<CliValue> {
+        Some(CliValue::Set(toml::Value::String(text.to_string())))
     }
 }
 

@@ -29,7 +29,7 @@ pub use parallelism::{
 };
 pub use training::{DataLoader, Device, FloatDtype, ReduceDtype, Training, Validation};
 
-use crate::schema::section;
+use crate::declare::section;
 
 section! {
     /// The whole job configuration: every section of torchtitan 0.2.2's `JobConfig`.

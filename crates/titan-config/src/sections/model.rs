@@ -1,6 +1,6 @@
 //! `[model]`: which model and flavor to train, plus Titan's per-argument overrides.
 
-use crate::schema::{choice, section};
+use crate::declare::{choice, section};
 
 choice! {
     /// Attention mask over a packed sequence.

@@ -1,6 +1,6 @@
 //! Observability sections: `[profiling]` and `[metrics]`.
 
-use crate::schema::section;
+use crate::declare::section;
 
 section! {
     /// Profiler traces and memory snapshots.

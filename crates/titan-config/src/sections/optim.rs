@@ -1,6 +1,6 @@
 //! `[optimizer]` and `[lr_scheduler]`.
 
-use crate::schema::{choice, section};
+use crate::declare::{choice, section};
 
 choice! {
     /// Optimizer algorithm.

@@ -1,6 +1,6 @@
 //! `[parallelism]`, `[comm]` and `[fault_tolerance]`: how ranks are arranged and talk.
 
-use crate::schema::{choice, section};
+use crate::declare::{choice, section};
 
 choice! {
     /// When FSDP frees gathered parameters after forward.

@@ -1,6 +1,6 @@
 //! `[training]`, `[validation]` and their `dataloader` subsections.
 
-use crate::schema::{choice, section};
+use crate::declare::{choice, section};
 
 choice! {
     /// Device to train on.
