@@ -4,6 +4,7 @@
 pub mod args;
 pub mod block;
 pub mod describe;
+pub mod golden;
 pub mod model;
 
 pub use args::{AttnMaskType, LlamaArgs, FLAVORS};

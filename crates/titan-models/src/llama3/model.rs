@@ -196,6 +196,18 @@ impl Llama3 {
         Ok(Tensor::from_slice(labels, labels.len(), &self.device)?)
     }
 
+    /// Forward only: logits `(batch, seq, vocab)` in the compute dtype (inference, evaluation
+    /// and comparisons with other implementations).
+    pub fn logits(&self, input: &TokenBatch) -> Result<Tensor> {
+        let ctx = self.context(input)?;
+        let (mut h, _) = self.stem_forward(input)?;
+        for block in &self.layers {
+            h = titan_core::Block::forward(block, &h, &ctx, titan_core::SaveMode::MatmulOutputs)?.0;
+        }
+        let (normed, _) = self.norm.forward(&h)?;
+        Ok(self.output.forward(&normed)?)
+    }
+
     fn rope(&self) -> titan_core::Result<&RopeTables> {
         self.rope.as_ref().ok_or_else(|| {
             titan_core::Error::Msg("llama3: call set_device() before running the model (RoPE tables are missing)".into())

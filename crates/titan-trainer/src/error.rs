@@ -1,0 +1,49 @@
+//! The trainer's errors: each names what went wrong and what to do.
+
+/// Errors of a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] titan_config::Error),
+    #[error(transparent)]
+    Core(#[from] titan_core::Error),
+    #[error(transparent)]
+    Model(#[from] titan_models::Error),
+    #[error(transparent)]
+    Data(#[from] titan_data::Error),
+    #[error(transparent)]
+    Optim(#[from] titan_optim::Error),
+    #[error(transparent)]
+    Metrics(#[from] titan_metrics::Error),
+    #[error(transparent)]
+    Checkpoint(#[from] titan_checkpoint::Error),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    /// The loss or gradient norm stopped being a finite number.
+    #[error("step {step}: {what} is {value} (not finite); training stopped before the optimizer step, so no checkpoint holds these weights. Lower optimizer.lr, raise lr_scheduler.warmup_steps or check the data")]
+    NonFinite { step: u64, what: &'static str, value: f64 },
+
+    /// A model name no train spec is registered for.
+    #[error("model.name = {name:?} is not registered; registered models: {known}")]
+    UnknownModel { name: String, known: String },
+
+    /// The requested device cannot be used.
+    #[error("{0}")]
+    Device(String),
+
+    /// Batch-size arithmetic that does not work out.
+    #[error("{0}")]
+    BatchSize(String),
+
+    /// A finite dataset ran out before `training.steps`.
+    #[error("the training dataset {dataset:?} ran out at step {step} of {steps}; use a larger dataset, fewer training.steps, or an infinite loader")]
+    DataExhausted { dataset: String, step: u64, steps: u64 },
+
+    /// Anything else.
+    #[error("{0}")]
+    Msg(String),
+}
+
+/// `Result` with the trainer's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
