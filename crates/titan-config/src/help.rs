@@ -19,7 +19,7 @@ Without a config file, Titan's embedded default (configs/titan_default.toml) is 
   --job.print_config                                print the merged config as TOML
   --help                                            this text
 
-[Titan] marks Titan-only options. (Titan: default only) and (Titan: only ...) mark options
+(Titan) marks Titan-only options. (Titan: default only) and (Titan: only ...) mark options
 whose other values Titan refuses until the feature is built; (Titan: no effect) marks options
 Titan accepts and ignores. `default run: X` is the value of Titan's embedded default file
 where it differs from the default.";

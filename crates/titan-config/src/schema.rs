@@ -65,7 +65,7 @@ impl OptionSpec {
 }
 
 /// Doc prefix that marks Titan-only options.
-pub(crate) const TITAN_MARK: &str = "[Titan]";
+pub(crate) const TITAN_MARK: &str = "(Titan)";
 
 fn summary(doc: &str) -> String {
     doc.split("\n\n")
@@ -197,4 +197,63 @@ pub fn schema() -> &'static Schema {
             options: builder.options,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn titan_extensions_are_exactly_the_documented_ones() {
+        let extensions: Vec<&str> = schema()
+            .options
+            .iter()
+            .filter(|o| o.is_titan_extension())
+            .map(|o| o.key.as_str())
+            .collect();
+        let model = [
+            "dim",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "vocab_size",
+            "multiple_of",
+            "ffn_dim_multiplier",
+            "norm_eps",
+            "rope_theta",
+            "rope_scaling",
+            "max_seq_len",
+            "depth_init",
+            "attn_mask_type",
+        ];
+        let mut expected = vec!["metrics.enable_jsonl", "metrics.enable_plot"];
+        let model_keys: Vec<String> = model.iter().map(|m| format!("model.{m}")).collect();
+        expected.extend(model_keys.iter().map(String::as_str));
+        expected.push("training.device");
+        assert_eq!(extensions, expected);
+    }
+
+    #[test]
+    fn optional_options_default_to_unset() {
+        // TOML has no null: printing leaves unset options out, so reloading restores them only
+        // if their default is unset too.
+        for option in &schema().options {
+            if option.type_name.ends_with("| None") {
+                assert_eq!(option.default, "None", "{}", option.key);
+            }
+        }
+    }
+
+    #[test]
+    fn keys_are_unique_and_sections_known() {
+        let schema = schema();
+        for (i, option) in schema.options.iter().enumerate() {
+            assert!(
+                schema.options[..i].iter().all(|o| o.key != option.key),
+                "{} declared twice",
+                option.key
+            );
+            assert!(schema.section(option.section()).is_some(), "{}", option.key);
+        }
+    }
 }

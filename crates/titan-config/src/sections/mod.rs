@@ -1,7 +1,7 @@
 //! The configuration sections, one struct per TOML table, and [`JobConfig`] holding them all.
 //!
 //! Names, types and defaults follow torchtitan 0.2.2's `JobConfig`; options whose doc starts
-//! with `[Titan]` are Titan extensions.
+//! with `(Titan)` are Titan extensions.
 
 mod checkpoint;
 mod compile;

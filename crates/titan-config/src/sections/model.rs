@@ -33,31 +33,31 @@ section! {
         pub converters: Vec<String> = Vec::new(),
         /// Print the model definition after all converters have been applied.
         pub print_after_conversion: bool = false,
-        /// [Titan] Model width; overrides the flavor's `dim`.
+        /// (Titan) Model width; overrides the flavor's `dim`.
         pub dim: Option<usize> = None,
-        /// [Titan] Number of transformer blocks; overrides the flavor's `n_layers`.
+        /// (Titan) Number of transformer blocks; overrides the flavor's `n_layers`.
         pub n_layers: Option<usize> = None,
-        /// [Titan] Number of attention heads; overrides the flavor's `n_heads`.
+        /// (Titan) Number of attention heads; overrides the flavor's `n_heads`.
         pub n_heads: Option<usize> = None,
-        /// [Titan] Number of key/value heads (GQA); overrides the flavor's `n_kv_heads`.
+        /// (Titan) Number of key/value heads (GQA); overrides the flavor's `n_kv_heads`.
         pub n_kv_heads: Option<usize> = None,
-        /// [Titan] Vocabulary size; overrides the flavor's `vocab_size`.
+        /// (Titan) Vocabulary size; overrides the flavor's `vocab_size`.
         pub vocab_size: Option<usize> = None,
-        /// [Titan] FFN hidden size is rounded up to a multiple of this; overrides the flavor's `multiple_of`.
+        /// (Titan) FFN hidden size is rounded up to a multiple of this; overrides the flavor's `multiple_of`.
         pub multiple_of: Option<usize> = None,
-        /// [Titan] FFN hidden-size multiplier; overrides the flavor's `ffn_dim_multiplier`.
+        /// (Titan) FFN hidden-size multiplier; overrides the flavor's `ffn_dim_multiplier`.
         pub ffn_dim_multiplier: Option<f64> = None,
-        /// [Titan] RMSNorm epsilon; overrides the flavor's `norm_eps`.
+        /// (Titan) RMSNorm epsilon; overrides the flavor's `norm_eps`.
         pub norm_eps: Option<f64> = None,
-        /// [Titan] RoPE base frequency; overrides the flavor's `rope_theta`.
+        /// (Titan) RoPE base frequency; overrides the flavor's `rope_theta`.
         pub rope_theta: Option<f64> = None,
-        /// [Titan] Llama-3.1 RoPE frequency scaling on (true) or off (false); overrides the flavor's.
+        /// (Titan) Llama-3.1 RoPE frequency scaling on (true) or off (false); overrides the flavor's.
         pub rope_scaling: Option<bool> = None,
-        /// [Titan] Longest sequence the RoPE table supports; overrides the flavor's `max_seq_len`.
+        /// (Titan) Longest sequence the RoPE table supports; overrides the flavor's `max_seq_len`.
         pub max_seq_len: Option<usize> = None,
-        /// [Titan] Depth-scaled init of output projections (per layer) vs by total depth; overrides the flavor's `depth_init`.
+        /// (Titan) Depth-scaled init of output projections (per layer) vs by total depth; overrides the flavor's `depth_init`.
         pub depth_init: Option<bool> = None,
-        /// [Titan] Attention mask: `causal` or `block_causal` (per document); overrides the flavor's `attn_mask_type`.
+        /// (Titan) Attention mask: `causal` or `block_causal` (per document); overrides the flavor's `attn_mask_type`.
         pub attn_mask_type: Option<AttnMaskType> = None,
     }
 }

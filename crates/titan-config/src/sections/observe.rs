@@ -37,9 +37,9 @@ section! {
         pub save_for_all_ranks: bool = false,
         /// Whether to log metrics to Weights & Biases.
         pub enable_wandb: bool = false,
-        /// [Titan] Whether to write one JSON line of metrics per logged step to `metrics.jsonl` in `job.dump_folder`.
+        /// (Titan) Whether to write one JSON line of metrics per logged step to `metrics.jsonl` in `job.dump_folder`.
         pub enable_jsonl: bool = true,
-        /// [Titan] Whether to draw an SVG plot of the run (loss, throughput) into `job.dump_folder` at the end.
+        /// (Titan) Whether to draw an SVG plot of the run (loss, throughput) into `job.dump_folder` at the end.
         pub enable_plot: bool = true,
     }
 }

@@ -78,7 +78,7 @@ section! {
         pub gc_freq: usize = 50,
         /// Run garbage collection every step to find reference cycles (Titan: accepted, no effect).
         pub gc_debug: bool = false,
-        /// [Titan] Device to train on: `auto`, `cpu` or `cuda`.
+        /// (Titan) Device to train on: `auto`, `cpu` or `cuda`.
         pub device: Device = Device::Auto,
     }
     subsections {
