@@ -11,13 +11,29 @@
 //! data or checkpoint formats either: it hands the optimizer titan-core [`titan_core::Param`]s
 //! (shards under FSDP) and the checkpointer shard metadata.
 
+pub mod clip;
 pub mod comm;
+pub mod data_parallel;
+pub mod ddp;
 pub mod env;
 pub mod error;
+pub mod fsdp;
 pub mod init;
+pub mod mesh;
+pub mod reduce;
+pub mod shard;
+pub mod state;
 pub mod store;
 
+pub use clip::{clip_grad_norm_distributed, global_grad_norm, local_sq_norm};
 pub use comm::{local_world, run_local, Group, ProcessGroup, ReduceOp};
+pub use data_parallel::{DataParallel, DataParallelConfig};
+pub use ddp::{Ddp, DdpConfig};
 pub use env::{parse_nodelist, DistEnv, EnvSource};
 pub use error::{Error, Result};
+pub use fsdp::{Fsdp, FsdpConfig, ReshardAfterForward, ShardInit};
 pub use init::{init_process_group, CommOptions, Rendezvous};
+pub use mesh::{DeviceMesh, MeshAxis, ParallelDims};
+pub use reduce::{all_reduce_f64, max_f64, sum_f64, sum_u64};
+pub use shard::ShardLayout;
+pub use state::ShardMeta;

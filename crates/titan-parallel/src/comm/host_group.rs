@@ -175,9 +175,14 @@ impl HostGroup {
 
         if self.me != 0 {
             let root = self.members[0];
-            self.transport
-                .send(root, up, Body::Data(mine))
-                .map_err(|how| self.peer_died(op, root, how))?;
+            if let Err(how) = self.transport.send(root, up, Body::Data(mine)) {
+                // The root may have aborted this operation and left before we arrived: its
+                // diagnosis (naming the rank actually at fault) beats "the root is gone".
+                if let Ok(Body::Abort(f)) = mailbox.recv(root, down, Instant::now()) {
+                    return Err(f.into_error(op, &self.name));
+                }
+                return Err(self.peer_died(op, root, how));
+            }
             let deadline = start + timeout + Self::grace(timeout);
             return match mailbox.recv(root, down, deadline) {
                 Ok(Body::Data(p)) => Ok(p),

@@ -1,0 +1,314 @@
+//! One handle over the data-parallel strategies, chosen from the mesh as torchtitan does:
+//! FSDP when parameters are sharded (`dp_shard x cp > 1`; HSDP when `dp_replicate > 1` too),
+//! DDP when `dp_replicate` is the only data parallelism, nothing for a single rank.
+//!
+//! The trainer's step is the same for all of them:
+//! ```text
+//! executor.forward_backward(&mut model, .., &mut dp, mb)     // dp: BlockHooks
+//! let norm = dp.clip_grad_norm(&mut model, max_norm)?;
+//! optimizer.step(&mut dp.optimizer_params(&mut model), lr)?;
+//! dp.after_optimizer_step(&mut model)?;
+//! ```
+
+use candle_core::{DType, Device, Tensor};
+use titan_core::{BlockHooks, LayeredModel, MicrobatchInfo, Module, Param, UnitId};
+
+use crate::clip::clip_grad_norm_distributed;
+use crate::ddp::{Ddp, DdpConfig};
+use crate::fsdp::{Fsdp, FsdpConfig, ReshardAfterForward, ShardInit};
+use crate::mesh::{DeviceMesh, MeshAxis};
+use crate::state::ShardMeta;
+use crate::{Error, Result};
+
+/// Options of every strategy (torchtitan's `training.mixed_precision_*` and
+/// `parallelism.fsdp_reshard_after_forward`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DataParallelConfig {
+    /// The dtype the model computes with (gathered weights under FSDP; compute copies
+    /// otherwise).
+    pub param_dtype: DType,
+    /// The dtype gradients are reduced in.
+    pub reduce_dtype: DType,
+    pub reshard_after_forward: ReshardAfterForward,
+    /// DDP bucket size.
+    pub bucket_cap_mb: f64,
+}
+
+impl DataParallelConfig {
+    /// Compute in `param_dtype`, reduce in f32, default resharding, 100 MB DDP buckets.
+    pub fn new(param_dtype: DType) -> Self {
+        Self {
+            param_dtype,
+            reduce_dtype: DType::F32,
+            reshard_after_forward: ReshardAfterForward::Default,
+            bucket_cap_mb: 100.0,
+        }
+    }
+}
+
+/// The data-parallel strategy of this run.
+#[derive(Debug)]
+pub enum DataParallel {
+    /// One data-parallel rank: parameters live in the model.
+    Single,
+    /// Replicated parameters, all-reduced gradients.
+    Ddp(Ddp),
+    /// Sharded parameters (FSDP, or HSDP when it has a replicate group).
+    Fsdp(Fsdp),
+}
+
+impl DataParallel {
+    /// Picks and builds the strategy for `mesh`, and initializes the parameters (`init`):
+    /// shards under FSDP, full masters and compute copies otherwise.
+    pub fn new<M: LayeredModel + Module>(
+        model: &mut M,
+        mesh: &DeviceMesh,
+        cfg: &DataParallelConfig,
+        init: ShardInit,
+        device: &Device,
+    ) -> Result<Self> {
+        let dims = mesh.dims();
+        if dims.fsdp_enabled() {
+            let fsdp_cfg = FsdpConfig {
+                param_dtype: cfg.param_dtype,
+                reduce_dtype: cfg.reduce_dtype,
+                reshard_after_forward: cfg.reshard_after_forward,
+                pipeline_parallel: dims.pp > 1,
+            };
+            let replicate =
+                (dims.dp_replicate > 1).then(|| mesh.group(MeshAxis::DpReplicate).clone());
+            return Ok(Self::Fsdp(Fsdp::new(
+                model,
+                mesh.fsdp().clone(),
+                replicate,
+                fsdp_cfg,
+                init,
+                device,
+            )?));
+        }
+        materialize(model, init, cfg.param_dtype, device)?;
+        if dims.dp_replicate > 1 {
+            let ddp_cfg = DdpConfig {
+                reduce_dtype: cfg.reduce_dtype,
+                bucket_cap_mb: cfg.bucket_cap_mb,
+                broadcast_params: true,
+            };
+            return Ok(Self::Ddp(Ddp::new(
+                model,
+                mesh.group(MeshAxis::DpReplicate).clone(),
+                ddp_cfg,
+            )?));
+        }
+        Ok(Self::Single)
+    }
+
+    /// `single`, `ddp`, `fsdp` or `hsdp`, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Single => "single",
+            Self::Ddp(_) => "ddp",
+            Self::Fsdp(f) if f.replicate_group().is_some() => "hsdp",
+            Self::Fsdp(_) => "fsdp",
+        }
+    }
+
+    /// The parameters the optimizer steps on: FSDP's shards, else the model's parameters.
+    pub fn optimizer_params<'a, M: Module>(&'a mut self, model: &'a mut M) -> Vec<&'a mut Param> {
+        match self {
+            Self::Fsdp(f) => f.shard_params_mut(),
+            Self::Single | Self::Ddp(_) => model.params_mut(),
+        }
+    }
+
+    /// Clips gradients to a global 2-norm of `max_norm`; returns the norm before clipping.
+    pub fn clip_grad_norm<M: Module>(&mut self, model: &mut M, max_norm: f64) -> Result<f64> {
+        match self {
+            Self::Fsdp(f) => f.clip_grad_norm(max_norm),
+            Self::Ddp(d) => d.clip_grad_norm(model, max_norm),
+            Self::Single => clip_grad_norm_distributed(&mut model.params_mut(), max_norm, &[]),
+        }
+    }
+
+    /// After the optimizer step: rebuild compute copies of replicated parameters (FSDP
+    /// gathers fresh ones at the next forward) and clear every gradient.
+    pub fn after_optimizer_step<M: Module>(
+        &mut self,
+        model: &mut M,
+        compute_dtype: DType,
+    ) -> Result<()> {
+        match self {
+            Self::Fsdp(f) => f.zero_grad(),
+            Self::Single | Self::Ddp(_) => {
+                for p in model.params_mut() {
+                    p.refresh_compute(compute_dtype)?;
+                    p.zero_grad();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What this rank holds of every parameter (see [`ShardMeta`]).
+    pub fn shard_metas<M: Module>(&self, model: &M) -> Vec<ShardMeta> {
+        match self {
+            Self::Fsdp(f) => f.shard_metas(),
+            Self::Single | Self::Ddp(_) => {
+                let replica = match self {
+                    Self::Ddp(d) => d.group().rank(),
+                    _ => 0,
+                };
+                model
+                    .params()
+                    .into_iter()
+                    .map(|p| ShardMeta {
+                        name: p.name().to_string(),
+                        global_shape: p.shape().dims().to_vec(),
+                        offset: 0,
+                        rows: p.shape().dims().first().copied().unwrap_or(1),
+                        replica,
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The f32 masters this rank holds, with their metadata, for a checkpoint save.
+    pub fn sharded_state<M: Module>(&self, model: &M) -> Result<Vec<(ShardMeta, Tensor)>> {
+        match self {
+            Self::Fsdp(f) => f.sharded_state(),
+            Self::Single | Self::Ddp(_) => {
+                let metas = self.shard_metas(model);
+                metas
+                    .into_iter()
+                    .zip(model.params())
+                    .map(|(m, p)| {
+                        let t = p.master().ok_or_else(|| {
+                            Error::Sharding(format!(
+                                "parameter `{}` has no master values to save",
+                                p.name()
+                            ))
+                        })?;
+                        Ok((m, t.clone()))
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Loads every parameter from `read` (see [`Fsdp::load_sharded`]); replicated parameters
+    /// get fresh compute copies in `compute_dtype`.
+    pub fn load_sharded<M: Module>(
+        &mut self,
+        model: &mut M,
+        compute_dtype: DType,
+        mut read: impl FnMut(&ShardMeta) -> Result<Tensor>,
+    ) -> Result<()> {
+        if let Self::Fsdp(f) = self {
+            return f.load_sharded(read);
+        }
+        let metas = self.shard_metas(model);
+        for (meta, p) in metas.iter().zip(model.params_mut()) {
+            let t = read(meta)?;
+            p.set_master(t)?;
+            p.refresh_compute(compute_dtype)?;
+            p.zero_grad();
+        }
+        Ok(())
+    }
+
+    /// Every full parameter as f32 (collective under FSDP).
+    pub fn full_state<M: Module>(&self, model: &M) -> Result<Vec<(String, Tensor)>> {
+        match self {
+            Self::Fsdp(f) => f.gather_full_state(),
+            Self::Single | Self::Ddp(_) => model
+                .params()
+                .into_iter()
+                .map(|p| {
+                    let t = p.master().ok_or_else(|| {
+                        Error::Sharding(format!("parameter `{}` has no master values", p.name()))
+                    })?;
+                    Ok((p.name().to_string(), t.clone()))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Gives every parameter of `model` its full master and compute copy.
+fn materialize<M: Module>(
+    model: &mut M,
+    init: ShardInit,
+    compute_dtype: DType,
+    device: &Device,
+) -> Result<()> {
+    for p in model.params_mut() {
+        match init {
+            ShardInit::Seed(seed) => p.materialize(device, seed, compute_dtype)?,
+            ShardInit::Zeros => {
+                p.set_master(Tensor::zeros(p.shape(), DType::F32, device)?)?;
+                p.refresh_compute(compute_dtype)?;
+            }
+            ShardInit::TakeMasters => {
+                if p.master().is_none() {
+                    return Err(Error::Sharding(format!(
+                        "parameter `{}` has no master values: initialize the model first, or use ShardInit::Seed",
+                        p.name()
+                    )));
+                }
+                p.refresh_compute(compute_dtype)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl BlockHooks for DataParallel {
+    fn before_forward(
+        &mut self,
+        unit: UnitId,
+        params: &mut [&mut Param],
+        mb: MicrobatchInfo,
+    ) -> titan_core::Result<()> {
+        match self {
+            Self::Fsdp(f) => f.before_forward(unit, params, mb),
+            Self::Ddp(d) => d.before_forward(unit, params, mb),
+            Self::Single => Ok(()),
+        }
+    }
+    fn after_forward(
+        &mut self,
+        unit: UnitId,
+        params: &mut [&mut Param],
+        mb: MicrobatchInfo,
+    ) -> titan_core::Result<()> {
+        match self {
+            Self::Fsdp(f) => f.after_forward(unit, params, mb),
+            Self::Ddp(d) => d.after_forward(unit, params, mb),
+            Self::Single => Ok(()),
+        }
+    }
+    fn before_backward(
+        &mut self,
+        unit: UnitId,
+        params: &mut [&mut Param],
+        mb: MicrobatchInfo,
+    ) -> titan_core::Result<()> {
+        match self {
+            Self::Fsdp(f) => f.before_backward(unit, params, mb),
+            Self::Ddp(d) => d.before_backward(unit, params, mb),
+            Self::Single => Ok(()),
+        }
+    }
+    fn after_backward(
+        &mut self,
+        unit: UnitId,
+        params: &mut [&mut Param],
+        mb: MicrobatchInfo,
+    ) -> titan_core::Result<()> {
+        match self {
+            Self::Fsdp(f) => f.after_backward(unit, params, mb),
+            Self::Ddp(d) => d.after_backward(unit, params, mb),
+            Self::Single => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Distributed data parallelism: full parameters on every rank, gradients summed across
+//! replicas after backward (torchtitan's `replicate`, used when `dp_replicate` is the only
+//! parallelism).
+//!
+//! The all-reduce runs in each unit's `after_backward` of the *last* microbatch only (PyTorch's
+//! `no_sync` for the others: gradients accumulate locally, then one reduction), in buckets of
+//! at most `bucket_cap_mb` per collective. Gradients are summed, not averaged: the loss is
+//! already divided by the global number of valid tokens.
+
+use candle_core::{DType, Tensor};
+use titan_core::{BlockHooks, MicrobatchInfo, Module, Param, UnitId};
+
+use crate::clip::clip_grad_norm_distributed;
+use crate::comm::{Group, ReduceOp};
+use crate::{Error, Result};
+
+/// DDP options.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DdpConfig {
+    /// Dtype gradients are reduced in (`training.mixed_precision_reduce`, f32).
+    pub reduce_dtype: DType,
+    /// Most megabytes of gradients per all-reduce (torchtitan uses 100).
+    pub bucket_cap_mb: f64,
+    /// Copy rank 0's parameters to every rank at construction (PyTorch does): replicas then
+    /// start identical even if they were initialized differently.
+    pub broadcast_params: bool,
+}
+
+impl Default for DdpConfig {
+    fn default() -> Self {
+        Self {
+            reduce_dtype: DType::F32,
+            bucket_cap_mb: 100.0,
+            broadcast_params: true,
+        }
+    }
+}
+
+/// DDP over a model whose parameters are materialized on every rank.
+#[derive(Debug)]
+pub struct Ddp {
+    group: Group,
+    cfg: DdpConfig,
+}
+
+impl Ddp {
+    /// Wraps `model` (materialized: every parameter has its master) for replication over
+    /// `group`.
+    pub fn new<M: Module>(model: &mut M, group: Group, cfg: DdpConfig) -> Result<Self> {
+        if cfg.bucket_cap_mb.is_nan() || cfg.bucket_cap_mb <= 0.0 {
+            return Err(Error::Config(format!(
+                "DDP bucket_cap_mb = {}: must be positive",
+                cfg.bucket_cap_mb
+            )));
+        }
+        let mut params = model.params_mut();
+        let count = params.len() as f64;
+        let numel = params.iter().map(|p| p.numel()).sum::<usize>() as f64;
+        let hi = crate::reduce::all_reduce_f64(group.as_ref(), &[count, numel], ReduceOp::Max)?;
+        let lo = crate::reduce::all_reduce_f64(group.as_ref(), &[count, numel], ReduceOp::Min)?;
+        if hi != lo {
+            return Err(Error::Mismatch {
+                op: "Ddp::new".into(),
+                group: group.name().to_string(),
+                detail: "ranks hold different models: build the same model everywhere".into(),
+            });
+        }
+        if cfg.broadcast_params && group.size() > 1 {
+            for p in params.iter_mut() {
+                let master = p.master().ok_or_else(|| {
+                    Error::Sharding(format!(
+                        "DDP: parameter `{}` has no master values: initialize the model first",
+                        p.name()
+                    ))
+                })?;
+                let synced = group.broadcast(master, 0)?;
+                let compute_dtype = p.compute().ok().map(|c| c.dtype());
+                p.set_master(synced)?;
+                if let Some(dt) = compute_dtype {
+                    p.refresh_compute(dt)?;
+                }
+            }
+        }
+        Ok(Self { group, cfg })
+    }
+
+    /// The replicate group.
+    pub fn group(&self) -> &Group {
+        &self.group
+    }
+
+    /// Clips the (already identical) full gradients of `model`; no reduction is needed.
+    pub fn clip_grad_norm<M: Module>(&self, model: &mut M, max_norm: f64) -> Result<f64> {
+        clip_grad_norm_distributed(&mut model.params_mut(), max_norm, &[])
+    }
+
+    fn all_reduce_unit(&self, params: &mut [&mut Param]) -> Result<()> {
+        let cap = ((self.cfg.bucket_cap_mb * 1e6) as usize / self.cfg.reduce_dtype.size_in_bytes())
+            .max(1);
+        let mut start = 0;
+        while start < params.len() {
+            // A bucket: consecutive parameters up to `cap` elements (at least one).
+            let mut end = start + 1;
+            let mut elems = params[start].numel();
+            while end < params.len() && elems + params[end].numel() <= cap {
+                elems += params[end].numel();
+                end += 1;
+            }
+            let bucket = &mut params[start..end];
+            let device = bucket[0]
+                .master()
+                .map(|m| m.device().clone())
+                .unwrap_or(candle_core::Device::Cpu);
+            let mut flat = Vec::with_capacity(bucket.len());
+            for p in bucket.iter() {
+                flat.push(match p.grad() {
+                    Some(g) => g.to_dtype(self.cfg.reduce_dtype)?.flatten_all()?,
+                    // Every rank must contribute the same layout; no gradient is a zero gradient.
+                    None => Tensor::zeros(p.numel(), self.cfg.reduce_dtype, &device)?,
+                });
+            }
+            let summed = self
+                .group
+                .all_reduce(&Tensor::cat(&flat, 0)?, ReduceOp::Sum)?;
+            let mut at = 0;
+            for p in bucket.iter_mut() {
+                let n = p.numel();
+                let g = summed
+                    .narrow(0, at, n)?
+                    .reshape(p.shape())?
+                    .to_dtype(DType::F32)?;
+                p.set_grad(Some(g))?;
+                at += n;
+            }
+            start = end;
+        }
+        Ok(())
+    }
+}
+
+impl BlockHooks for Ddp {
+    fn after_backward(
+        &mut self,
+        _unit: UnitId,
+        params: &mut [&mut Param],
+        mb: MicrobatchInfo,
+    ) -> titan_core::Result<()> {
+        if mb.is_last() && self.group.size() > 1 {
+            self.all_reduce_unit(params)?;
+        }
+        Ok(())
+    }
+}

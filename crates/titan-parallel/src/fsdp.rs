@@ -1,0 +1,632 @@
+//! Fully sharded data parallelism (torchtitan's FSDP2 `fully_shard` per unit), and HSDP.
+//!
+//! Each unit of the model (stem, every block, head) is one FSDP unit. Every parameter is split
+//! along dim 0 over the shard group ([`ShardLayout`]); the rank keeps only its rows, as an f32
+//! master in a titan-core [`Param`] named by the parameter's FQN — what the optimizer steps on.
+//! The model's own parameters hold nothing between passes. Around each unit:
+//!
+//! - before forward / backward: all-gather the unit's shards (cast to `param_dtype` first,
+//!   padded to equal size, one flat collective per unit) into the parameters' compute copies;
+//! - after forward: free them again unless the reshard policy keeps them for backward;
+//! - after backward: reduce-scatter the unit's gradients (in `reduce_dtype`, one flat
+//!   collective per unit) into the shard gradients, and free the full gradients and weights.
+//!
+//! Gradients are *summed* over ranks (torchtitan sets the gradient divide factor to 1): the
+//! loss is already divided by the global number of valid tokens. With gradient accumulation
+//! the reduce-scatter runs after every microbatch (torchtitan's default, so full-size gradients
+//! never outlive their unit's backward) and accumulates into the shard gradients; under HSDP
+//! the all-reduce across replicas runs once, after the last microbatch.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+
+use candle_core::{DType, Device, Tensor};
+use titan_core::{BlockHooks, LayeredModel, MicrobatchInfo, Param, UnitId};
+
+use crate::clip::clip_grad_norm_distributed;
+use crate::comm::{Group, ProcessGroup, ReduceOp};
+use crate::shard::ShardLayout;
+use crate::state::ShardMeta;
+use crate::{Error, Result};
+
+/// torchtitan's `parallelism.fsdp_reshard_after_forward`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReshardAfterForward {
+    /// Reshard every unit but the last (the head, whose backward follows at once), unless
+    /// pipeline parallelism is on (then keep: a stage runs several microbatches' forwards).
+    #[default]
+    Default,
+    /// Reshard every unit after forward: least memory, one more all-gather per unit.
+    Always,
+    /// Keep gathered weights until backward: most memory, fewest all-gathers.
+    Never,
+}
+
+impl FromStr for ReshardAfterForward {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "default" => Ok(Self::Default),
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            other => Err(Error::Config(format!(
+                "parallelism.fsdp_reshard_after_forward = {other:?}: expected \"default\", \"always\" or \"never\""
+            ))),
+        }
+    }
+}
+
+/// FSDP options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsdpConfig {
+    /// Dtype of the gathered weights the model computes with (`training.mixed_precision_param`:
+    /// bf16 on GPU; f32 on CPU). The model's compute dtype must match.
+    pub param_dtype: DType,
+    /// Dtype gradients are reduced in (`training.mixed_precision_reduce`, f32).
+    pub reduce_dtype: DType,
+    pub reshard_after_forward: ReshardAfterForward,
+    /// Whether pipeline parallelism is on (changes what `Default` resharding means).
+    pub pipeline_parallel: bool,
+}
+
+impl FsdpConfig {
+    /// Gather in `param_dtype`, reduce in f32, default resharding, no pipeline.
+    pub fn new(param_dtype: DType) -> Self {
+        Self {
+            param_dtype,
+            reduce_dtype: DType::F32,
+            reshard_after_forward: ReshardAfterForward::Default,
+            pipeline_parallel: false,
+        }
+    }
+}
+
+/// Where the shards' initial values come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardInit {
+    /// Draw each shard with the parameter's init rule and this seed: the same values a single
+    /// process would draw for those elements (titan-core's counter-based init), without ever
+    /// materializing the full model.
+    Seed(u64),
+    /// Cut the shard out of the model's materialized masters (which are then dropped).
+    TakeMasters,
+    /// Zeros, to be overwritten by a checkpoint load.
+    Zeros,
+}
+
+/// One parameter's shard.
+#[derive(Debug)]
+struct ShardedParam {
+    shard: Param,
+    layout: ShardLayout,
+    /// Where this parameter's padded shard starts in the unit's flat wire buffer.
+    wire_offset: usize,
+}
+
+/// One FSDP unit.
+#[derive(Debug)]
+struct FsdpUnit {
+    id: UnitId,
+    params: Vec<ShardedParam>,
+    /// Elements of one rank's flat wire buffer (sum of padded shards).
+    wire_elems: usize,
+    reshard_after_forward: bool,
+    gathered: bool,
+}
+
+/// FSDP (or HSDP with a replicate group) over a layered model.
+#[derive(Debug)]
+pub struct Fsdp {
+    shard_group: Group,
+    replicate_group: Option<Group>,
+    cfg: FsdpConfig,
+    device: Device,
+    units: Vec<FsdpUnit>,
+    index: HashMap<UnitId, usize>,
+}
+
+impl Fsdp {
+    /// Shards every unit of `model` over `shard_group` (HSDP when `replicate_group` has more
+    /// than one rank), keeping shards on `device`. The model's parameters are left without
+    /// masters, compute copies or gradients. Every rank of both groups must call this with the
+    /// same model architecture (checked).
+    pub fn new<M: LayeredModel>(
+        model: &mut M,
+        shard_group: Group,
+        replicate_group: Option<Group>,
+        cfg: FsdpConfig,
+        init: ShardInit,
+        device: &Device,
+    ) -> Result<Self> {
+        let replicate_group = replicate_group.filter(|g| g.size() > 1);
+        let (n, idx) = (shard_group.size(), shard_group.rank());
+        let ids = model.units();
+        let last = ids.last().copied();
+        let mut units = Vec::with_capacity(ids.len());
+        let mut names = HashSet::new();
+        let mut index = HashMap::new();
+        for id in ids {
+            let reshard = match cfg.reshard_after_forward {
+                ReshardAfterForward::Always => true,
+                ReshardAfterForward::Never => false,
+                ReshardAfterForward::Default => !cfg.pipeline_parallel && Some(id) != last,
+            };
+            let mut params = Vec::new();
+            let mut wire_elems = 0;
+            for p in model.unit_params_mut(id) {
+                let name = p.name().to_string();
+                if !names.insert(name.clone()) {
+                    return Err(Error::Sharding(format!(
+                        "parameter `{name}` appears twice in the model's units: FSDP needs unique names (tied weights are not supported yet)"
+                    )));
+                }
+                let layout = ShardLayout::new(&name, p.shape().dims(), n, idx)?;
+                let value = initial_shard(p, &layout, init, device)?;
+                let shard = Param::from_tensor(name, value, p.init())?;
+                p.take_master();
+                p.release_compute();
+                p.zero_grad();
+                let wire_offset = wire_elems;
+                wire_elems += layout.padded_elems();
+                params.push(ShardedParam {
+                    shard,
+                    layout,
+                    wire_offset,
+                });
+            }
+            index.insert(id, units.len());
+            units.push(FsdpUnit {
+                id,
+                params,
+                wire_elems,
+                reshard_after_forward: reshard,
+                gathered: false,
+            });
+        }
+        let fsdp = Self {
+            shard_group,
+            replicate_group,
+            cfg,
+            device: device.clone(),
+            units,
+            index,
+        };
+        fsdp.check_same_model()?;
+        tracing::info!(
+            kind = if fsdp.replicate_group.is_some() {
+                "hsdp"
+            } else {
+                "fsdp"
+            },
+            shards = n,
+            local_params = fsdp.local_numel(),
+            global_params = fsdp.global_numel(),
+            "sharded the model"
+        );
+        Ok(fsdp)
+    }
+
+    /// Every rank must shard the same parameters: compare counts and sizes once, up front,
+    /// rather than fail obscurely in the first all-gather.
+    fn check_same_model(&self) -> Result<()> {
+        let count = self.units.iter().map(|u| u.params.len()).sum::<usize>() as f64;
+        let numel = self.global_numel() as f64;
+        for g in std::iter::once(&self.shard_group).chain(self.replicate_group.as_ref()) {
+            let hi = crate::reduce::all_reduce_f64(g.as_ref(), &[count, numel], ReduceOp::Max)?;
+            let lo = crate::reduce::all_reduce_f64(g.as_ref(), &[count, numel], ReduceOp::Min)?;
+            if hi != lo {
+                return Err(Error::Mismatch {
+                    op: "Fsdp::new".into(),
+                    group: g.name().to_string(),
+                    detail: format!(
+                        "ranks hold different models (parameters from {} to {}, elements from {} to {}): build the same model everywhere",
+                        lo[0], hi[0], lo[1], hi[1]
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The group parameters are sharded over.
+    pub fn shard_group(&self) -> &Group {
+        &self.shard_group
+    }
+    /// The replicate group under HSDP.
+    pub fn replicate_group(&self) -> Option<&Group> {
+        self.replicate_group.as_ref()
+    }
+    pub fn config(&self) -> &FsdpConfig {
+        &self.cfg
+    }
+
+    /// Real parameter elements this rank holds.
+    pub fn local_numel(&self) -> usize {
+        self.shards().map(|s| s.layout.local_elems()).sum()
+    }
+    /// Elements of the whole model.
+    pub fn global_numel(&self) -> usize {
+        self.shards().map(|s| s.layout.global_elems()).sum()
+    }
+
+    fn shards(&self) -> impl Iterator<Item = &ShardedParam> {
+        self.units.iter().flat_map(|u| u.params.iter())
+    }
+
+    /// Every shard, empty ones included, in unit (state-dict) order.
+    pub fn shard_params(&self) -> Vec<&Param> {
+        self.shards().map(|s| &s.shard).collect()
+    }
+
+    /// The shards the optimizer steps on: name = FQN, shape = local shard shape, master =
+    /// f32 shard, grad = reduced shard gradient. Shards with no rows (a parameter with fewer
+    /// rows than ranks) are left out: they have nothing to update.
+    pub fn shard_params_mut(&mut self) -> Vec<&mut Param> {
+        self.units
+            .iter_mut()
+            .flat_map(|u| u.params.iter_mut())
+            .filter(|s| s.layout.local_rows() > 0)
+            .map(|s| &mut s.shard)
+            .collect()
+    }
+
+    /// Forgets the shard gradients (after the optimizer step).
+    pub fn zero_grad(&mut self) {
+        for u in &mut self.units {
+            for s in &mut u.params {
+                s.shard.zero_grad();
+            }
+        }
+    }
+
+    /// Clips the shard gradients to a global 2-norm of `max_norm` (summed over the shard
+    /// group; HSDP replicas hold identical gradients and are not counted twice). Returns the
+    /// norm before clipping, identical on every rank.
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64> {
+        let group = self.shard_group.clone();
+        let mut params = self.shard_params_mut();
+        clip_grad_norm_distributed(&mut params, max_norm, &[group.as_ref()])
+    }
+
+    fn replica_index(&self) -> usize {
+        self.replicate_group.as_ref().map_or(0, |g| g.rank())
+    }
+
+    /// What this rank holds of every parameter, in state-dict order (empty shards included,
+    /// so every rank lists every parameter).
+    pub fn shard_metas(&self) -> Vec<ShardMeta> {
+        let replica = self.replica_index();
+        self.shards()
+            .map(|s| ShardMeta {
+                name: s.shard.name().to_string(),
+                global_shape: s.layout.global_shape.clone(),
+                offset: s.layout.offset(),
+                rows: s.layout.local_rows(),
+                replica,
+            })
+            .collect()
+    }
+
+    /// The f32 master shards with their metadata, for a checkpoint save.
+    pub fn sharded_state(&self) -> Result<Vec<(ShardMeta, Tensor)>> {
+        self.shard_metas()
+            .into_iter()
+            .zip(self.shards())
+            .map(|(meta, s)| Ok((meta, master_of(&s.shard)?.clone())))
+            .collect()
+    }
+
+    /// Replaces every shard with what `read` returns for its metadata (a checkpoint load:
+    /// `read` cuts rows `[offset, offset + rows)` of the saved parameter, whatever layout it
+    /// was saved in). Shapes are checked; gradients are cleared.
+    pub fn load_sharded(
+        &mut self,
+        mut read: impl FnMut(&ShardMeta) -> Result<Tensor>,
+    ) -> Result<()> {
+        if let Some(u) = self.units.iter().find(|u| u.gathered) {
+            return Err(Error::Sharding(format!(
+                "load_sharded during a pass (unit {} is gathered): load between steps",
+                u.id
+            )));
+        }
+        let metas = self.shard_metas();
+        let device = self.device.clone();
+        for (meta, s) in metas
+            .iter()
+            .zip(self.units.iter_mut().flat_map(|u| u.params.iter_mut()))
+        {
+            let t = read(meta)?;
+            if t.dims() != meta.local_shape().as_slice() {
+                return Err(Error::Sharding(format!(
+                    "loading `{}`: got shape {:?} for rows {}..{} of {:?}, expected {:?}",
+                    meta.name,
+                    t.dims(),
+                    meta.offset,
+                    meta.offset + meta.rows,
+                    meta.global_shape,
+                    meta.local_shape()
+                )));
+            }
+            s.shard.set_master(t.to_device(&device)?)?;
+            s.shard.zero_grad();
+        }
+        Ok(())
+    }
+
+    /// Every full parameter (f32), gathered over the shard group: for exports and tests.
+    /// Collective: every rank of the shard group must call it.
+    pub fn gather_full_state(&self) -> Result<Vec<(String, Tensor)>> {
+        let n = self.shard_group.size();
+        let mut out = Vec::new();
+        for s in self.shards() {
+            let flat = padded_flat(master_of(&s.shard)?, s.layout.padded_elems())?;
+            let all = self.shard_group.all_gather(&flat)?;
+            let per = s.layout.padded_elems();
+            let pieces = (0..n)
+                .map(|r| {
+                    let (_, rows) = s.layout.rows_of(r);
+                    all.narrow(0, r * per, rows * s.layout.row_elems())
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let full = Tensor::cat(&pieces, 0)?.reshape(s.layout.global_shape.as_slice())?;
+            out.push((s.shard.name().to_string(), full));
+        }
+        Ok(out)
+    }
+
+    /// Frees any gathered weights and pending full gradients left in `model` (after a pass
+    /// that failed midway), so the next pass starts clean.
+    pub fn release_all<M: LayeredModel>(&mut self, model: &mut M) {
+        for u in &mut self.units {
+            for p in model.unit_params_mut(u.id) {
+                p.release_compute();
+                p.zero_grad();
+            }
+            u.gathered = false;
+        }
+    }
+
+    fn unit_index(&self, unit: UnitId, params: &[&mut Param]) -> Result<usize> {
+        let ui = *self.index.get(&unit).ok_or_else(|| {
+            Error::Sharding(format!(
+                "unit {unit} was not sharded: build Fsdp from the same model that runs"
+            ))
+        })?;
+        let u = &self.units[ui];
+        let same = u.params.len() == params.len()
+            && u.params
+                .iter()
+                .zip(params.iter())
+                .all(|(s, p)| s.shard.name() == p.name());
+        if !same {
+            return Err(Error::Sharding(format!(
+                "unit {unit}: the model passed parameters {:?} but FSDP sharded {:?}",
+                params.iter().map(|p| p.name()).collect::<Vec<_>>(),
+                u.params.iter().map(|s| s.shard.name()).collect::<Vec<_>>()
+            )));
+        }
+        Ok(ui)
+    }
+
+    /// All-gathers unit `ui`'s shards into the parameters' compute copies.
+    fn gather(&mut self, ui: usize, params: &mut [&mut Param]) -> Result<()> {
+        let n = self.shard_group.size();
+        let unit = &self.units[ui];
+        let mut pieces = Vec::with_capacity(unit.params.len());
+        for s in &unit.params {
+            let m = master_of(&s.shard)?.to_dtype(self.cfg.param_dtype)?;
+            pieces.push(padded_flat(&m, s.layout.padded_elems())?);
+        }
+        let flat = Tensor::cat(&pieces, 0)?;
+        let gathered = self.shard_group.all_gather(&flat)?;
+        for (s, p) in unit.params.iter().zip(params.iter_mut()) {
+            let parts = (0..n)
+                .map(|r| {
+                    let (_, rows) = s.layout.rows_of(r);
+                    gathered.narrow(
+                        0,
+                        r * unit.wire_elems + s.wire_offset,
+                        rows * s.layout.row_elems(),
+                    )
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let full = Tensor::cat(&parts, 0)?.reshape(s.layout.global_shape.as_slice())?;
+            p.set_compute(full)?;
+        }
+        self.units[ui].gathered = true;
+        Ok(())
+    }
+
+    fn release(&mut self, ui: usize, params: &mut [&mut Param]) {
+        for p in params.iter_mut() {
+            p.release_compute();
+        }
+        self.units[ui].gathered = false;
+    }
+
+    /// Reduce-scatters unit `ui`'s full gradients into its shard gradients.
+    fn reduce_grads(
+        &mut self,
+        ui: usize,
+        params: &mut [&mut Param],
+        mb: MicrobatchInfo,
+    ) -> Result<()> {
+        let n = self.shard_group.size();
+        let rdt = self.cfg.reduce_dtype;
+        let unit = &self.units[ui];
+        // Each parameter's gradient, flat and padded to n equal chunks.
+        let mut padded = Vec::with_capacity(unit.params.len());
+        for (s, p) in unit.params.iter().zip(params.iter_mut()) {
+            let g = match p.take_grad() {
+                Some(g) => g.to_dtype(rdt)?,
+                // Every rank must contribute the same layout; no gradient is a zero gradient.
+                None => Tensor::zeros(s.layout.global_shape.as_slice(), rdt, &self.device)?,
+            };
+            padded.push(padded_flat(&g, n * s.layout.padded_elems())?);
+        }
+        // Wire order: chunk for rank 0 (all parameters), chunk for rank 1, ...
+        let mut pieces = Vec::with_capacity(n * padded.len());
+        for r in 0..n {
+            for (s, g) in unit.params.iter().zip(&padded) {
+                let per = s.layout.padded_elems();
+                pieces.push(g.narrow(0, r * per, per)?);
+            }
+        }
+        let input = Tensor::cat(&pieces, 0)?;
+        drop((pieces, padded));
+        let mine = self.shard_group.reduce_scatter(&input, ReduceOp::Sum)?;
+        let unit = &mut self.units[ui];
+        for s in &mut unit.params {
+            let g = mine.narrow(0, s.wire_offset, s.layout.local_elems())?;
+            let g = g
+                .reshape(s.layout.local_shape().as_slice())?
+                .to_dtype(DType::F32)?;
+            s.shard.accumulate_grad(&g)?;
+        }
+        if mb.is_last() {
+            if let Some(rep) = &self.replicate_group {
+                all_reduce_shard_grads(&mut unit.params, rep.as_ref(), rdt, &self.device)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sums the unit's shard gradients over the HSDP replicas (one flat collective).
+fn all_reduce_shard_grads(
+    params: &mut [ShardedParam],
+    group: &dyn ProcessGroup,
+    rdt: DType,
+    device: &Device,
+) -> Result<()> {
+    let mut flat = Vec::with_capacity(params.len());
+    for s in params.iter() {
+        let g = match s.shard.grad() {
+            Some(g) => g.to_dtype(rdt)?.flatten_all()?,
+            None => Tensor::zeros(s.layout.local_elems(), rdt, device)?,
+        };
+        flat.push(g);
+    }
+    let summed = group.all_reduce(&Tensor::cat(&flat, 0)?, ReduceOp::Sum)?;
+    let mut at = 0;
+    for s in params.iter_mut() {
+        let len = s.layout.local_elems();
+        let g = summed
+            .narrow(0, at, len)?
+            .reshape(s.layout.local_shape().as_slice())?
+            .to_dtype(DType::F32)?;
+        s.shard.set_grad(Some(g))?;
+        at += len;
+    }
+    Ok(())
+}
+
+fn master_of(p: &Param) -> Result<&Tensor> {
+    p.master()
+        .ok_or_else(|| Error::Sharding(format!("shard `{}` lost its master values", p.name())))
+}
+
+/// `t` flattened and zero-padded to `len` elements.
+fn padded_flat(t: &Tensor, len: usize) -> Result<Tensor> {
+    let flat = t.flatten_all()?;
+    let have = flat.elem_count();
+    if have == len {
+        return Ok(flat);
+    }
+    if have > len {
+        return Err(Error::Sharding(format!(
+            "a shard of {have} elements does not fit its {len}-element slot"
+        )));
+    }
+    Ok(Tensor::cat(
+        &[flat, Tensor::zeros(len - have, t.dtype(), t.device())?],
+        0,
+    )?)
+}
+
+/// This rank's initial shard of `p`.
+fn initial_shard(
+    p: &mut Param,
+    layout: &ShardLayout,
+    init: ShardInit,
+    device: &Device,
+) -> Result<Tensor> {
+    let shape = layout.local_shape();
+    match init {
+        ShardInit::Seed(seed) => {
+            let mut values = vec![0f32; layout.local_elems()];
+            p.init()
+                .fill(seed, p.name(), layout.flat_offset() as u64, &mut values);
+            Ok(Tensor::from_vec(values, shape.as_slice(), device)?)
+        }
+        ShardInit::Zeros => Ok(Tensor::zeros(shape.as_slice(), DType::F32, device)?),
+        ShardInit::TakeMasters => {
+            let master = p.master().ok_or_else(|| {
+                Error::Sharding(format!(
+                    "parameter `{}` has no master values to shard: initialize the model first, or use ShardInit::Seed",
+                    p.name()
+                ))
+            })?;
+            if layout.local_rows() == 0 {
+                return Ok(Tensor::zeros(shape.as_slice(), DType::F32, device)?);
+            }
+            // `copy` so the shard does not keep the full tensor's storage alive.
+            let rows = master.narrow(0, layout.offset(), layout.local_rows())?;
+            Ok(rows.to_dtype(DType::F32)?.to_device(device)?.copy()?)
+        }
+    }
+}
+
+impl BlockHooks for Fsdp {
+    fn before_forward(
+        &mut self,
+        unit: UnitId,
+        params: &mut [&mut Param],
+        _mb: MicrobatchInfo,
+    ) -> titan_core::Result<()> {
+        let ui = self.unit_index(unit, params)?;
+        if !(self.units[ui].gathered && params.iter().all(|p| p.has_compute())) {
+            self.gather(ui, params)?;
+        }
+        Ok(())
+    }
+
+    fn after_forward(
+        &mut self,
+        unit: UnitId,
+        params: &mut [&mut Param],
+        mb: MicrobatchInfo,
+    ) -> titan_core::Result<()> {
+        let ui = self.unit_index(unit, params)?;
+        // Forward-only passes always reshard: no backward will free the weights.
+        if !mb.backward || self.units[ui].reshard_after_forward {
+            self.release(ui, params);
+        }
+        Ok(())
+    }
+
+    fn before_backward(
+        &mut self,
+        unit: UnitId,
+        params: &mut [&mut Param],
+        _mb: MicrobatchInfo,
+    ) -> titan_core::Result<()> {
+        let ui = self.unit_index(unit, params)?;
+        if !(self.units[ui].gathered && params.iter().all(|p| p.has_compute())) {
+            self.gather(ui, params)?;
+        }
+        Ok(())
+    }
+
+    fn after_backward(
+        &mut self,
+        unit: UnitId,
+        params: &mut [&mut Param],
+        mb: MicrobatchInfo,
+    ) -> titan_core::Result<()> {
+        let ui = self.unit_index(unit, params)?;
+        self.reduce_grads(ui, params, mb)?;
+        self.release(ui, params);
+        Ok(())
+    }
+}
