@@ -13,7 +13,7 @@ use crate::error::{Error, Origin, Result};
 use crate::option_type::CliValue;
 use crate::schema::{join_key, schema};
 use crate::sections::JobConfig;
-use crate::suggest::{closest, closest_key};
+use crate::suggest::closest_key;
 
 /// Titan's default run, committed as `configs/titan_default.toml`.
 pub(crate) const EMBEDDED_DEFAULT: &str = include_str!("../configs/titan_default.toml");
@@ -94,7 +94,7 @@ impl TomlSource {
             } else if value.is_table() {
                 let sections = schema.sections.iter().map(|s| s.path.as_str());
                 return Err(Error::UnknownSection {
-                    suggestion: closest(&key, sections).map(str::to_string),
+                    suggestion: closest_key(&key, sections).map(str::to_string),
                     origin: self.origin_of(&key),
                     key,
                 });

@@ -43,12 +43,37 @@ where
     best.filter(|(d, _)| *d <= limit).map(|(_, c)| c)
 }
 
-/// For dotted keys: the closest full key, else a key with the same last segment
-/// (`--steps` suggests `training.steps`).
+/// Keys and sections of older torchtitan releases (0.1) and their 0.2.2 names, so that old
+/// files get a pointed suggestion rather than a distant guess.
+const RENAMED: &[(&str, &str)] = &[
+    ("job.print_args", "job.print_config"),
+    ("training.compile", "compile.enable"),
+    ("training.seed", "debug.seed"),
+    ("training.deterministic", "debug.deterministic"),
+    ("checkpoint.enable_checkpoint", "checkpoint.enable"),
+    (
+        "checkpoint.initial_load_model_weights_only",
+        "checkpoint.initial_load_model_only",
+    ),
+    (
+        "checkpoint.last_save_model_weights_only",
+        "checkpoint.last_save_model_only",
+    ),
+    ("lr_scheduler.lr_min", "lr_scheduler.min_lr_factor"),
+    ("memory_estimation.enabled", "memory_estimation.enable"),
+    ("float8", "quantize.linear.float8"),
+    ("mx", "quantize.linear.mx"),
+];
+
+/// For dotted keys or section paths: the 0.2.2 name of a renamed one, else the closest, else
+/// one with the same last segment (`--steps` suggests `training.steps`).
 pub(crate) fn closest_key<'a, I>(input: &str, keys: I) -> Option<&'a str>
 where
     I: IntoIterator<Item = &'a str> + Clone,
 {
+    if let Some((_, new)) = RENAMED.iter().find(|(old, _)| *old == input) {
+        return Some(new);
+    }
     if let Some(found) = closest(input, keys.clone()) {
         return Some(found);
     }
@@ -78,6 +103,15 @@ mod tests {
             Some("training.steps")
         );
         assert_eq!(closest("zzzzzzzzzzzzzzzz", keys.iter().copied()), None);
+    }
+
+    #[test]
+    fn renamed_keys_point_to_their_new_names() {
+        let keys = ["compile.enable", "training.steps"];
+        assert_eq!(
+            closest_key("training.compile", keys.iter().copied()),
+            Some("compile.enable")
+        );
     }
 
     #[test]

@@ -482,3 +482,20 @@ fn ignored_settings_of_the_debug_file_are_reported() {
         assert!(keys.iter().any(|k| k == key), "{key} not in {keys:?}");
     }
 }
+
+#[test]
+fn torchtitan_0_1_names_point_to_their_0_2_2_names() {
+    let scratch = Scratch::new("renamed");
+    let path = scratch.toml("[float8]\nemulate = true\n");
+    match error(&["--config", &path.to_string_lossy()]) {
+        Error::UnknownSection { suggestion, .. } => {
+            assert_eq!(suggestion.as_deref(), Some("quantize.linear.float8"))
+        }
+        other => panic!("{other}"),
+    }
+    let message = error(&["--training.compile"]).to_string();
+    assert!(
+        message.contains("did you mean `--compile.enable`?"),
+        "{message}"
+    );
+}
