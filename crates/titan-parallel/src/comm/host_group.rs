@@ -24,7 +24,7 @@ use crate::comm::{Group, ProcessGroup, ReduceOp};
 use crate::{Error, Result};
 
 /// Group id of the world ("titan" in ASCII, mixed).
-const WORLD_ID: u64 = 0x7469_7461_6e;
+const WORLD_ID: u64 = 0x0074_6974_616e;
 
 /// Per-group counters every member advances identically.
 #[derive(Debug, Default)]
