@@ -68,6 +68,20 @@ impl DataParallel {
         device: &Device,
     ) -> Result<Self> {
         let dims = mesh.dims();
+        // Without the model-parallel strategies, ranks along those axes would each compute the
+        // same batch's full gradient and FSDP would sum them: refuse rather than be wrong.
+        for (axis, degree, option) in [
+            ("tensor", dims.tp, "parallelism.tensor_parallel_degree"),
+            ("pipeline", dims.pp, "parallelism.pipeline_parallel_degree"),
+            ("context", dims.cp, "parallelism.context_parallel_degree"),
+        ] {
+            if degree > 1 {
+                return Err(Error::Config(format!(
+                    "{option} = {degree}: Titan has no {axis} parallelism yet; set it to 1 and use \
+                     parallelism.data_parallel_shard_degree / data_parallel_replicate_degree"
+                )));
+            }
+        }
         if dims.fsdp_enabled() {
             let fsdp_cfg = FsdpConfig {
                 param_dtype: cfg.param_dtype,

@@ -74,6 +74,55 @@ impl Rendezvous {
         &self.store
     }
 
+    /// A value rank 0 computes and every rank receives, through the store (how the NCCL
+    /// backend hands its unique id to the other ranks). Collective over the world: `make` runs
+    /// on rank 0 only; rank 0 returns once every rank has read the value (so its store may go
+    /// away afterwards). Waits are bounded by `timeout` and name the ranks that did not arrive.
+    pub fn share_from_rank0(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> Result<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        let value_key = format!("titan/share/{key}");
+        let read_key = |r: usize| format!("titan/share/{key}/read/{r}");
+        let start = std::time::Instant::now();
+        let timed_out = |missing: Vec<usize>| Error::Timeout {
+            op: format!("rendezvous (sharing `{key}` from rank 0)"),
+            group: "world".into(),
+            missing,
+            waited_s: start.elapsed().as_secs_f64(),
+        };
+        if self.env.rank == 0 {
+            let value = make()?;
+            self.store.set(&value_key, &value)?;
+            let others: Vec<usize> = (1..self.env.world_size).collect();
+            let keys: Vec<String> = others.iter().map(|&r| read_key(r)).collect();
+            let missing = self.store.wait(&keys, timeout)?;
+            if !missing.is_empty() {
+                let ranks = others
+                    .into_iter()
+                    .filter(|&r| missing.contains(&read_key(r)))
+                    .collect();
+                return Err(timed_out(ranks));
+            }
+            return Ok(value);
+        }
+        if !self
+            .store
+            .wait(std::slice::from_ref(&value_key), timeout)?
+            .is_empty()
+        {
+            return Err(timed_out(vec![0]));
+        }
+        let value = self.store.get(&value_key)?.ok_or_else(|| Error::Store {
+            addr: self.store.addr().to_string(),
+            detail: format!("`{value_key}` vanished after it was set"),
+        })?;
+        self.store.set(&read_key(self.env.rank), b"1")?;
+        Ok(value)
+    }
+
     /// The world over TCP sockets between all ranks (collectives wait at most `timeout`).
     pub fn tcp_world(&self, timeout: Duration) -> Result<Group> {
         // Peers dial the address this host uses to reach the store: loopback stays loopback.

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use half::bf16;
 use titan_parallel::{
     init_process_group, run_local, CommOptions, DistEnv, EnvSource, Error, Group, ProcessGroup,
-    ReduceOp, Result,
+    ReduceOp, Rendezvous, Result,
 };
 
 const T: Duration = Duration::from_secs(20);
@@ -368,4 +368,22 @@ fn tcp_peer_that_leaves_is_reported() {
         assert!(matches!(e, Error::PeerDied { rank: 1, .. }), "{e}");
         assert!(e.to_string().contains("left the group"), "{e}");
     });
+}
+
+#[test]
+fn rank0_shares_a_value_through_the_store() {
+    let port = free_port();
+    let got: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|r| {
+                s.spawn(move || {
+                    let rdzv = Rendezvous::connect(&tcp_env(r, 3, port), T).unwrap();
+                    rdzv.share_from_rank0("nccl_id", || Ok(vec![7u8; 128]), T)
+                        .unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(got.iter().all(|v| v == &vec![7u8; 128]));
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use titan_core::{BlockHooks, Executor, MicrobatchInfo, Module};
+use titan_core::{ActivationCheckpoint, BlockHooks, Executor, MicrobatchInfo, Module};
 use titan_parallel::{
     run_local, sum_u64, DataParallel, DataParallelConfig, DeviceMesh, ParallelDims,
     ReshardAfterForward, ShardInit, ShardMeta,
@@ -37,12 +37,14 @@ fn fsdp_2_and_4_match_one_process_and_shard_memory() {
 }
 
 #[test]
-fn fsdp_3_with_uneven_shards_and_accumulation_matches_one_process() {
+fn fsdp_3_with_uneven_shards_accumulation_and_checkpointing_matches_one_process() {
     // dim 32, vocab 64 and kv 16 rows do not split evenly in 3: every unit carries padding.
+    // Full activation checkpointing re-gathers each block before its recompute.
     check_matches_reference(
         Layout {
             accum: 2,
             reshard: ReshardAfterForward::Always,
+            ac: ActivationCheckpoint::Full,
             ..Layout::new(1, 3, 3)
         },
         "fsdp",
@@ -260,5 +262,23 @@ fn a_rank_that_dies_mid_step_fails_the_others_with_its_name() {
             msg.contains("rank 1") && msg.contains("all_gather"),
             "{msg}"
         );
+    }
+}
+
+#[test]
+fn model_parallel_degrees_are_refused_until_implemented() {
+    let out = run_local(2, TIMEOUT, |g| {
+        let dims = ParallelDims::new(1, -1, 1, 2, 1, 2).unwrap();
+        let mesh = DeviceMesh::new(g, dims).unwrap();
+        let mut model = new_model(DType::F32);
+        let cfg = DataParallelConfig::new(DType::F32);
+        DataParallel::new(&mut model, &mesh, &cfg, ShardInit::Seed(SEED), &Device::Cpu)
+            .unwrap_err()
+            .to_string()
+    })
+    .unwrap();
+    for o in out {
+        let m = o.unwrap_or_else(|_| panic!("a rank panicked"));
+        assert!(m.contains("tensor_parallel_degree = 2"), "{m}");
     }
 }

@@ -141,6 +141,7 @@ pub struct Layout {
     pub max_norm: f64,
     pub param_dtype: DType,
     pub reshard: ReshardAfterForward,
+    pub ac: ActivationCheckpoint,
 }
 
 impl Layout {
@@ -153,6 +154,7 @@ impl Layout {
             max_norm: 1.0,
             param_dtype: DType::F32,
             reshard: ReshardAfterForward::Default,
+            ac: ActivationCheckpoint::None,
         }
     }
 }
@@ -189,7 +191,7 @@ pub fn train_rank(world: Group, layout: Layout) -> (Run, &'static str, usize) {
     );
     let per_mb = per_rank / layout.accum;
     let first = mesh.dp_rank() * per_rank;
-    let exec = Executor::new(ActivationCheckpoint::None);
+    let exec = Executor::new(layout.ac);
     let (mut losses, mut norms) = (Vec::new(), Vec::new());
     for step in 0..STEPS {
         let (_, local_labels) = batch(step, first..first + per_rank);
