@@ -164,16 +164,16 @@ fn embedded_default_is_the_committed_file() {
     assert_eq!(embedded.model.flavor, "debugmodel");
     assert_eq!(embedded.training.dataset, "sotu");
     assert_eq!(embedded.training.device, Device::Cpu);
-    assert_eq!(embedded.training.seq_len, 256);
+    assert_eq!(embedded.training.seq_len, 128);
     assert_eq!(embedded.training.local_batch_size, 8);
-    assert_eq!(embedded.training.steps, 100);
-    assert_eq!(embedded.optimizer.lr, 1e-3);
-    assert_eq!(embedded.lr_scheduler.warmup_steps, 10);
-    assert_eq!(embedded.metrics.log_freq, 10);
+    assert_eq!(embedded.training.steps, 40);
+    assert_eq!(embedded.optimizer.lr, 3e-3);
+    assert_eq!(embedded.lr_scheduler.warmup_steps, 5);
+    assert_eq!(embedded.metrics.log_freq, 5);
     assert!(!embedded.checkpoint.enable);
     assert!(embedded.validation.enable);
-    assert_eq!(embedded.validation.freq, 50);
-    assert_eq!(embedded.validation.step_limit(), Some(5));
+    assert_eq!(embedded.validation.freq, 20);
+    assert_eq!(embedded.validation.step_limit(), Some(2));
     assert_eq!(embedded.job.dump_folder, "./outputs");
     assert_eq!(embedded.model.hf_assets_path, None);
 }
@@ -347,7 +347,7 @@ fn invalid_values_name_where_they_were_set() {
 fn help_is_an_invocation() {
     match parse_args(&["--training.stpes", "5", "--help"]) {
         Ok(Invocation::Help(text)) => {
-            assert!(text.contains("--training.steps  int >= 0  (default: 10000, default run: 100)"));
+            assert!(text.contains("--training.steps  int >= 0  (default: 10000, default run: 40)"));
             let option_lines = text
                 .lines()
                 .filter(|l| l.starts_with("  --") && l.contains("(default: "))
@@ -413,7 +413,7 @@ fn saves_into_the_dump_folder() {
     assert_eq!(path, dir.join("cfg/job.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_default();
     let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(value["training"]["steps"], serde_json::json!(100));
+    assert_eq!(value["training"]["steps"], serde_json::json!(40));
 }
 
 #[test]

@@ -80,6 +80,9 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
 ) -> Result<TrainOutcome> {
     cfg.validate()?;
     cfg.check_supported()?;
+    for ignored in cfg.ignored_settings() {
+        tracing::warn!("{ignored}");
+    }
     let dump_folder = PathBuf::from(&cfg.job.dump_folder);
     if strategy.rank() == 0 {
         let path = cfg.save_to_dump_folder()?;
