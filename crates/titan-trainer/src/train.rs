@@ -81,7 +81,7 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
     cfg.validate()?;
     cfg.check_supported()?;
     for ignored in cfg.ignored_settings() {
-        tracing::warn!("{ignored}");
+        tracing::warn!("{} = {} has no effect in Titan: {}", ignored.key, ignored.value, ignored.why);
     }
     let dump_folder = PathBuf::from(&cfg.job.dump_folder);
     if strategy.rank() == 0 {
