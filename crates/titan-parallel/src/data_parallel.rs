@@ -143,6 +143,51 @@ impl DataParallel {
         }
     }
 
+    /// The squared global 2-norm of all gradients, summed over ranks without counting
+    /// replicas twice (for a caller that clips itself, e.g. titan-optim's
+    /// `clip_with_total_norm`). Identical on every rank.
+    pub fn grad_sq_norm<M: Module>(&self, model: &M) -> Result<f64> {
+        match self {
+            Self::Fsdp(f) => f.grad_sq_norm(),
+            // DDP replicas hold identical reduced gradients: the local norm is the global one.
+            Self::Single | Self::Ddp(_) => crate::clip::local_sq_norm(&model.params()),
+        }
+    }
+
+    /// (Re)draws the initial weights with `seed`: FSDP shards in place; otherwise every
+    /// parameter of `model`, on the device of its current master, with compute copies in
+    /// `compute_dtype`. Every rank draws the same values for the same elements.
+    pub fn init_weights<M: Module>(
+        &mut self,
+        model: &mut M,
+        seed: u64,
+        compute_dtype: DType,
+    ) -> Result<()> {
+        if let Self::Fsdp(f) = self {
+            return f.init_weights(seed);
+        }
+        for p in model.params_mut() {
+            let device = p.master().map(|m| m.device().clone()).ok_or_else(|| {
+                Error::Sharding(format!(
+                    "parameter `{}` has no master values to redraw",
+                    p.name()
+                ))
+            })?;
+            p.materialize(&device, seed, compute_dtype)?;
+        }
+        Ok(())
+    }
+
+    /// What this rank holds of the parameter named `name` (see [`ShardMeta`]).
+    pub fn shard_meta<M: Module>(&self, model: &M, name: &str) -> Option<ShardMeta> {
+        match self {
+            Self::Fsdp(f) => f.shard_meta(name),
+            Self::Single | Self::Ddp(_) => {
+                self.shard_metas(model).into_iter().find(|m| m.name == name)
+            }
+        }
+    }
+
     /// After the optimizer step: rebuild compute copies of replicated parameters (FSDP
     /// gathers fresh ones at the next forward) and clear every gradient.
     pub fn after_optimizer_step<M: Module>(

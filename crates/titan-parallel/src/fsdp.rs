@@ -288,6 +288,41 @@ impl Fsdp {
         clip_grad_norm_distributed(&mut params, max_norm, &[group.as_ref()])
     }
 
+    /// The squared global 2-norm of the shard gradients (summed over the shard group only:
+    /// HSDP replicas hold identical gradients). Identical on every rank.
+    pub fn grad_sq_norm(&self) -> Result<f64> {
+        let sq = crate::clip::local_sq_norm(&self.shard_params())?;
+        crate::reduce::sum_f64(self.shard_group.as_ref(), sq)
+    }
+
+    /// Redraws every shard with its parameter's init rule and `seed` (the values a single
+    /// process would draw for those elements); clears gradients. Not during a pass.
+    pub fn init_weights(&mut self, seed: u64) -> Result<()> {
+        self.check_between_passes("init_weights")?;
+        for s in self.units.iter_mut().flat_map(|u| u.params.iter_mut()) {
+            let value =
+                initial_shard(&mut s.shard, &s.layout, ShardInit::Seed(seed), &self.device)?;
+            s.shard.set_master(value)?;
+            s.shard.zero_grad();
+        }
+        Ok(())
+    }
+
+    fn check_between_passes(&self, what: &str) -> Result<()> {
+        match self.units.iter().find(|u| u.gathered) {
+            Some(u) => Err(Error::Sharding(format!(
+                "{what} during a pass (unit {} is gathered): call it between steps, or release_all first",
+                u.id
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// What this rank holds of the parameter named `name`.
+    pub fn shard_meta(&self, name: &str) -> Option<ShardMeta> {
+        self.shard_metas().into_iter().find(|m| m.name == name)
+    }
+
     fn replica_index(&self) -> usize {
         self.replicate_group.as_ref().map_or(0, |g| g.rank())
     }
@@ -323,12 +358,7 @@ impl Fsdp {
         &mut self,
         mut read: impl FnMut(&ShardMeta) -> Result<Tensor>,
     ) -> Result<()> {
-        if let Some(u) = self.units.iter().find(|u| u.gathered) {
-            return Err(Error::Sharding(format!(
-                "load_sharded during a pass (unit {} is gathered): load between steps",
-                u.id
-            )));
-        }
+        self.check_between_passes("load_sharded")?;
         let metas = self.shard_metas();
         let device = self.device.clone();
         for (meta, s) in metas

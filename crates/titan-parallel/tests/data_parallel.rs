@@ -282,3 +282,32 @@ fn model_parallel_degrees_are_refused_until_implemented() {
         assert!(m.contains("tensor_parallel_degree = 2"), "{m}");
     }
 }
+
+#[test]
+fn strategies_can_move_between_threads_and_redraw_weights() {
+    fn assert_send<T: Send>() {}
+    assert_send::<DataParallel>();
+    assert_send::<titan_parallel::DeviceMesh>();
+    // Built with zeros, then initialized: the same weights as initializing at construction.
+    let out = run_local(2, TIMEOUT, |g| {
+        let dims = ParallelDims::new(1, -1, 1, 1, 1, 2).unwrap();
+        let mesh = DeviceMesh::new(g, dims).unwrap();
+        let cfg = DataParallelConfig::new(DType::F32);
+        let mut a = new_model(DType::F32);
+        let mut dp_a =
+            DataParallel::new(&mut a, &mesh, &cfg, ShardInit::Zeros, &Device::Cpu).unwrap();
+        dp_a.init_weights(&mut a, SEED, DType::F32).unwrap();
+        let mut b = new_model(DType::F32);
+        let dp_b =
+            DataParallel::new(&mut b, &mesh, &cfg, ShardInit::Seed(SEED), &Device::Cpu).unwrap();
+        let meta = dp_a.shard_meta(&a, "output.weight").unwrap();
+        assert_eq!(
+            (meta.global_shape.clone(), meta.rows),
+            (vec![VOCAB, 32], VOCAB / 2)
+        );
+        assert_eq!(dp_a.grad_sq_norm(&a).unwrap(), 0.0);
+        bitwise_same(&dp_a.full_state(&a).unwrap(), &dp_b.full_state(&b).unwrap())
+    })
+    .unwrap();
+    assert!(out.into_iter().all(|r| r.unwrap_or(false)));
+}
