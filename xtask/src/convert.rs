@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use titan_checkpoint::{export_checkpoint, import_checkpoint, HfExportOptions, HfImportOptions, LlamaAdapter};
+use titan_checkpoint::{
+    export_checkpoint, import_checkpoint, HfExportOptions, HfImportOptions, LlamaAdapter,
+};
 
 struct Args {
     from: String,
@@ -18,7 +20,11 @@ fn parse(args: &[String]) -> Result<Args, String> {
     let mut config = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
         match a.as_str() {
             "--from" => from = Some(value("--from")?),
             "--to" => to = Some(value("--to")?),
@@ -29,7 +35,11 @@ fn parse(args: &[String]) -> Result<Args, String> {
                     "float32" => candle_core::DType::F32,
                     "bfloat16" => candle_core::DType::BF16,
                     "float16" => candle_core::DType::F16,
-                    d => return Err(format!("--dtype {d}: expected float32, bfloat16 or float16")),
+                    d => {
+                        return Err(format!(
+                            "--dtype {d}: expected float32, bfloat16 or float16"
+                        ))
+                    }
                 })
             }
             // Anything else describes the model, as for `train` (`--flavor 8B` is short for

@@ -18,7 +18,11 @@ pub enum Error {
 
     /// A tensor given for a parameter has the wrong shape.
     #[error("parameter `{name}`: expected shape {expected:?}, got {got:?}")]
-    ParamShape { name: String, expected: Shape, got: Shape },
+    ParamShape {
+        name: String,
+        expected: Shape,
+        got: Shape,
+    },
 
     /// A gradient was requested from a module whose saved state is missing.
     #[error("{module}: backward called without the state saved by forward")]
@@ -27,7 +31,11 @@ pub enum Error {
     // === Inputs ===
     /// A token id outside the embedding table.
     #[error("token id {id} is out of range for vocab_size {vocab_size}: the tokenizer and the model disagree; set model.vocab_size to at least {min_vocab}")]
-    TokenOutOfRange { id: u32, vocab_size: usize, min_vocab: u64 },
+    TokenOutOfRange {
+        id: u32,
+        vocab_size: usize,
+        min_vocab: u64,
+    },
 
     /// Shapes of an input batch that the model cannot take.
     #[error("bad input: {0}")]

@@ -109,7 +109,10 @@ impl Executor {
         hooks: &mut dyn BlockHooks,
         mb: MicrobatchInfo,
     ) -> Result<PassReport> {
-        let mb = MicrobatchInfo { backward: true, ..mb };
+        let mb = MicrobatchInfo {
+            backward: true,
+            ..mb
+        };
         let ctx = model.context(input)?;
         let mut live = 0usize;
         let mut peak = 0usize;
@@ -182,7 +185,10 @@ impl Executor {
         run_hook(hooks, model, UnitId::Stem, mb, Phase::AfterBackward)?;
         debug_assert_eq!(live, 0);
 
-        Ok(PassReport { loss, peak_saved_bytes: peak })
+        Ok(PassReport {
+            loss,
+            peak_saved_bytes: peak,
+        })
     }
 
     /// Forward only (validation): the scaled loss. Nothing is kept for backward.

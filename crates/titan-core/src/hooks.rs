@@ -50,11 +50,19 @@ pub struct MicrobatchInfo {
 impl MicrobatchInfo {
     /// The only microbatch of a step with backward.
     pub fn single() -> Self {
-        Self { index: 0, count: 1, backward: true }
+        Self {
+            index: 0,
+            count: 1,
+            backward: true,
+        }
     }
     /// A forward-only pass.
     pub fn forward_only() -> Self {
-        Self { index: 0, count: 1, backward: false }
+        Self {
+            index: 0,
+            count: 1,
+            backward: false,
+        }
     }
     /// Whether this is the last microbatch of the step.
     pub fn is_last(&self) -> bool {
@@ -65,19 +73,39 @@ impl MicrobatchInfo {
 /// Callbacks the executor runs around each unit. Every method defaults to doing nothing.
 pub trait BlockHooks {
     /// Before the unit's forward: e.g. gather sharded parameters.
-    fn before_forward(&mut self, _unit: UnitId, _params: &mut [&mut Param], _mb: MicrobatchInfo) -> Result<()> {
+    fn before_forward(
+        &mut self,
+        _unit: UnitId,
+        _params: &mut [&mut Param],
+        _mb: MicrobatchInfo,
+    ) -> Result<()> {
         Ok(())
     }
     /// After the unit's forward: e.g. free gathered parameters.
-    fn after_forward(&mut self, _unit: UnitId, _params: &mut [&mut Param], _mb: MicrobatchInfo) -> Result<()> {
+    fn after_forward(
+        &mut self,
+        _unit: UnitId,
+        _params: &mut [&mut Param],
+        _mb: MicrobatchInfo,
+    ) -> Result<()> {
         Ok(())
     }
     /// Before the unit's backward (and before its recompute, under activation checkpointing).
-    fn before_backward(&mut self, _unit: UnitId, _params: &mut [&mut Param], _mb: MicrobatchInfo) -> Result<()> {
+    fn before_backward(
+        &mut self,
+        _unit: UnitId,
+        _params: &mut [&mut Param],
+        _mb: MicrobatchInfo,
+    ) -> Result<()> {
         Ok(())
     }
     /// After the unit's backward: its gradients for this microbatch are final.
-    fn after_backward(&mut self, _unit: UnitId, _params: &mut [&mut Param], _mb: MicrobatchInfo) -> Result<()> {
+    fn after_backward(
+        &mut self,
+        _unit: UnitId,
+        _params: &mut [&mut Param],
+        _mb: MicrobatchInfo,
+    ) -> Result<()> {
         Ok(())
     }
 }
@@ -100,16 +128,44 @@ impl<'a> HookChain<'a> {
 }
 
 impl BlockHooks for HookChain<'_> {
-    fn before_forward(&mut self, unit: UnitId, params: &mut [&mut Param], mb: MicrobatchInfo) -> Result<()> {
-        self.hooks.iter_mut().try_for_each(|h| h.before_forward(unit, params, mb))
+    fn before_forward(
+        &mut self,
+        unit: UnitId,
+        params: &mut [&mut Param],
+        mb: MicrobatchInfo,
+    ) -> Result<()> {
+        self.hooks
+            .iter_mut()
+            .try_for_each(|h| h.before_forward(unit, params, mb))
     }
-    fn after_forward(&mut self, unit: UnitId, params: &mut [&mut Param], mb: MicrobatchInfo) -> Result<()> {
-        self.hooks.iter_mut().try_for_each(|h| h.after_forward(unit, params, mb))
+    fn after_forward(
+        &mut self,
+        unit: UnitId,
+        params: &mut [&mut Param],
+        mb: MicrobatchInfo,
+    ) -> Result<()> {
+        self.hooks
+            .iter_mut()
+            .try_for_each(|h| h.after_forward(unit, params, mb))
     }
-    fn before_backward(&mut self, unit: UnitId, params: &mut [&mut Param], mb: MicrobatchInfo) -> Result<()> {
-        self.hooks.iter_mut().try_for_each(|h| h.before_backward(unit, params, mb))
+    fn before_backward(
+        &mut self,
+        unit: UnitId,
+        params: &mut [&mut Param],
+        mb: MicrobatchInfo,
+    ) -> Result<()> {
+        self.hooks
+            .iter_mut()
+            .try_for_each(|h| h.before_backward(unit, params, mb))
     }
-    fn after_backward(&mut self, unit: UnitId, params: &mut [&mut Param], mb: MicrobatchInfo) -> Result<()> {
-        self.hooks.iter_mut().try_for_each(|h| h.after_backward(unit, params, mb))
+    fn after_backward(
+        &mut self,
+        unit: UnitId,
+        params: &mut [&mut Param],
+        mb: MicrobatchInfo,
+    ) -> Result<()> {
+        self.hooks
+            .iter_mut()
+            .try_for_each(|h| h.after_backward(unit, params, mb))
     }
 }

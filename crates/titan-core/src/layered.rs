@@ -45,7 +45,8 @@ pub trait Block: Module + Send {
     type Saved: SavedState;
 
     /// Forward: the output hidden state and the saved state for backward.
-    fn forward(&self, x: &Tensor, ctx: &Self::Ctx, mode: SaveMode) -> Result<(Tensor, Self::Saved)>;
+    fn forward(&self, x: &Tensor, ctx: &Self::Ctx, mode: SaveMode)
+        -> Result<(Tensor, Self::Saved)>;
 
     /// Backward: accumulates parameter gradients and returns the gradient of the input.
     fn backward(&mut self, saved: Self::Saved, d_out: &Tensor, ctx: &Self::Ctx) -> Result<Tensor>;
@@ -80,7 +81,12 @@ pub trait LayeredModel: Send {
     /// Head forward: the loss (a scalar tensor, already multiplied by `loss_scale`) and the
     /// head's saved state. `loss_scale` is 1 / (valid tokens in the global batch), so that
     /// summing the microbatches' losses gives the global mean token loss.
-    fn head_forward(&self, h: &Tensor, target: &Self::Target, loss_scale: f64) -> Result<(Tensor, Self::HeadSaved)>;
+    fn head_forward(
+        &self,
+        h: &Tensor,
+        target: &Self::Target,
+        loss_scale: f64,
+    ) -> Result<(Tensor, Self::HeadSaved)>;
     /// Head backward: the gradient of the last hidden state (of the scaled loss).
     fn head_backward(&mut self, saved: Self::HeadSaved) -> Result<Tensor>;
 

@@ -27,7 +27,11 @@ pub enum Init {
 impl Init {
     /// torchtitan's `trunc_normal_(std=std)` with PyTorch's default cutoffs -2 and 2.
     pub fn trunc_normal(std: f64) -> Self {
-        Init::TruncNormal { std, a: -2.0, b: 2.0 }
+        Init::TruncNormal {
+            std,
+            a: -2.0,
+            b: 2.0,
+        }
     }
 
     /// The standard deviation this rule targets (0 for constants), for init statistics tests.
@@ -62,7 +66,9 @@ impl Init {
             fill_range(start, out);
             return;
         }
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let per_thread = out.len().div_ceil(threads).max(CHUNK);
         std::thread::scope(|s| {
             for (t, chunk) in out.chunks_mut(per_thread).enumerate() {
@@ -86,7 +92,11 @@ pub struct ParamSpec {
 
 impl ParamSpec {
     pub fn new(name: impl Into<String>, shape: impl Into<Shape>, init: Init) -> Self {
-        Self { name: name.into(), shape: shape.into(), init }
+        Self {
+            name: name.into(),
+            shape: shape.into(),
+            init,
+        }
     }
 
     /// Number of elements.
@@ -107,7 +117,12 @@ pub struct Param {
 impl Param {
     /// A shape-only parameter: no storage until [`Param::materialize`].
     pub fn new(spec: ParamSpec) -> Self {
-        Self { spec, master: None, compute: None, grad: None }
+        Self {
+            spec,
+            master: None,
+            compute: None,
+            grad: None,
+        }
     }
 
     /// A parameter with the given f32 master values (its compute copy is made by
@@ -165,10 +180,9 @@ impl Param {
 
     /// Rebuild the compute copy from the master (after an optimizer step).
     pub fn refresh_compute(&mut self, compute_dtype: DType) -> Result<()> {
-        let master = self
-            .master
-            .as_ref()
-            .ok_or_else(|| Error::NotMaterialized { name: self.spec.name.clone() })?;
+        let master = self.master.as_ref().ok_or_else(|| Error::NotMaterialized {
+            name: self.spec.name.clone(),
+        })?;
         // On CPU in f32 this is a cheap Arc clone, not a copy.
         self.compute = Some(master.to_dtype(compute_dtype)?);
         Ok(())
@@ -176,9 +190,9 @@ impl Param {
 
     /// The tensor forward and backward compute with.
     pub fn compute(&self) -> Result<&Tensor> {
-        self.compute
-            .as_ref()
-            .ok_or_else(|| Error::NotMaterialized { name: self.spec.name.clone() })
+        self.compute.as_ref().ok_or_else(|| Error::NotMaterialized {
+            name: self.spec.name.clone(),
+        })
     }
 
     /// Whether a compute copy is present.
@@ -277,7 +291,9 @@ mod tests {
         let grad = p.grad().unwrap();
         assert_eq!(grad.dtype(), DType::F32);
         assert_eq!(grad.to_vec2::<f32>()?, vec![vec![2.0, 2.0], vec![2.0, 2.0]]);
-        assert!(p.accumulate_grad(&Tensor::ones(3, DType::F32, &Device::Cpu)?).is_err());
+        assert!(p
+            .accumulate_grad(&Tensor::ones(3, DType::F32, &Device::Cpu)?)
+            .is_err());
         Ok(())
     }
 }

@@ -32,13 +32,21 @@ pub struct CounterRng {
 impl CounterRng {
     /// The stream of parameter `name` under `seed`.
     pub fn for_param(seed: u64, name: &str) -> Self {
-        Self { key: mix64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ hash_name(name)) }
+        Self {
+            key: mix64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ hash_name(name)),
+        }
     }
 
     /// A uniform in the open interval (0, 1) for element `index`, draw `draw`.
     #[inline]
     pub fn uniform(&self, index: u64, draw: u64) -> f64 {
-        let z = mix64(self.key ^ mix64(index.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ draw.wrapping_add(0x632b_e59b_d9b4_e019)));
+        let z = mix64(
+            self.key
+                ^ mix64(
+                    index.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                        ^ draw.wrapping_add(0x632b_e59b_d9b4_e019),
+                ),
+        );
         // 53 random bits, shifted off zero so ln() below is finite.
         ((z >> 11) as f64 + 0.5) * (1.0 / (1u64 << 53) as f64)
     }

@@ -7,17 +7,28 @@ use crate::rng::CounterRng;
 use crate::Result;
 
 /// A deterministic standard-normal tensor times `std`, in `dtype`.
-pub fn randn(seed: u64, name: &str, shape: impl Into<Shape>, std: f64, dtype: DType, device: &Device) -> Result<Tensor> {
+pub fn randn(
+    seed: u64,
+    name: &str,
+    shape: impl Into<Shape>,
+    std: f64,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
     let shape = shape.into();
     let rng = CounterRng::for_param(seed, name);
-    let v: Vec<f64> = (0..shape.elem_count() as u64).map(|i| std * rng.normal(i, 0)).collect();
+    let v: Vec<f64> = (0..shape.elem_count() as u64)
+        .map(|i| std * rng.normal(i, 0))
+        .collect();
     Ok(Tensor::from_vec(v, shape, device)?.to_dtype(dtype)?)
 }
 
 /// Deterministic integers in `0..high` as u32.
 pub fn randint(seed: u64, name: &str, n: usize, high: u32, device: &Device) -> Result<Tensor> {
     let rng = CounterRng::for_param(seed, name);
-    let v: Vec<u32> = (0..n as u64).map(|i| ((rng.uniform(i, 0) * high as f64) as u32).min(high - 1)).collect();
+    let v: Vec<u32> = (0..n as u64)
+        .map(|i| ((rng.uniform(i, 0) * high as f64) as u32).min(high - 1))
+        .collect();
     Ok(Tensor::from_vec(v, n, device)?)
 }
 
@@ -30,7 +41,11 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
     }
     let num: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
     let den: f64 = b.iter().map(|y| y * y).sum();
-    Ok(if den == 0.0 { num.sqrt() } else { (num / den).sqrt() })
+    Ok(if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    })
 }
 
 /// Whether two tensors hold bitwise identical values (same dtype and shape).
@@ -78,7 +93,13 @@ pub mod oracle {
 
     /// Attention composed independently: kv heads picked by `index_select`, mask applied as an
     /// explicit 0/1 product after exp (no -inf bias), softmax from exp/sum.
-    pub fn attention_oracle(q: &Tensor, k: &Tensor, v: &Tensor, allowed: &Tensor, scale: f64) -> Result<Tensor> {
+    pub fn attention_oracle(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        allowed: &Tensor,
+        scale: f64,
+    ) -> Result<Tensor> {
         let (_, hq, _, _) = q.dims4()?;
         let hkv = k.dim(1)?;
         let idx: Vec<u32> = (0..hq).map(|h| (h / (hq / hkv)) as u32).collect();
@@ -90,5 +111,4 @@ pub mod oracle {
         let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
         Ok(p.matmul(&v)?)
     }
-
 }

@@ -36,12 +36,18 @@ fn linear_matches_oracle() -> Result<()> {
     let y_ref = xv.as_tensor().broadcast_matmul(&wv.as_tensor().t()?)?;
     let grads = (&y_ref * &r)?.sum_all()?.backward()?;
 
-    let mut lin = Linear { weight: param("w", &w) };
+    let mut lin = Linear {
+        weight: param("w", &w),
+    };
     let y = lin.forward(&f32_of(&x))?;
     check("linear forward", &y, &y_ref);
     let dx = lin.backward(&f32_of(&x), &f32_of(&r))?;
     check("linear dx", &dx, grads.get(xv.as_tensor()).unwrap());
-    check("linear dw", lin.weight.grad().unwrap(), grads.get(wv.as_tensor()).unwrap());
+    check(
+        "linear dw",
+        lin.weight.grad().unwrap(),
+        grads.get(wv.as_tensor()).unwrap(),
+    );
     Ok(())
 }
 
@@ -51,13 +57,22 @@ fn embedding_matches_oracle() -> Result<()> {
     let ids = randint(2, "ids", 12, 11, &CPU)?.reshape((3, 4))?;
     let r = randn(2, "r", (3, 4, 6), 1.0, DType::F64, &CPU)?;
     let wv = Var::from_tensor(&w)?;
-    let y_ref = wv.as_tensor().index_select(&ids.flatten_all()?, 0)?.reshape((3, 4, 6))?;
+    let y_ref = wv
+        .as_tensor()
+        .index_select(&ids.flatten_all()?, 0)?
+        .reshape((3, 4, 6))?;
     let grads = (&y_ref * &r)?.sum_all()?.backward()?;
 
-    let mut emb = Embedding { weight: param("w", &w) };
+    let mut emb = Embedding {
+        weight: param("w", &w),
+    };
     check("embedding forward", &emb.forward(&ids)?, &y_ref);
     emb.backward(&ids, &f32_of(&r))?;
-    check("embedding dw", emb.weight.grad().unwrap(), grads.get(wv.as_tensor()).unwrap());
+    check(
+        "embedding dw",
+        emb.weight.grad().unwrap(),
+        grads.get(wv.as_tensor()).unwrap(),
+    );
     Ok(())
 }
 
@@ -73,12 +88,19 @@ fn rmsnorm_matches_oracle() -> Result<()> {
     let y_ref = xt.broadcast_div(&denom)?.broadcast_mul(wv.as_tensor())?;
     let grads = (&y_ref * &r)?.sum_all()?.backward()?;
 
-    let mut norm = RmsNorm { weight: param("w", &w), eps };
+    let mut norm = RmsNorm {
+        weight: param("w", &w),
+        eps,
+    };
     let (y, rstd) = norm.forward(&f32_of(&x))?;
     check("rmsnorm forward", &y, &y_ref);
     let dx = norm.backward(&f32_of(&x), &rstd, &f32_of(&r))?;
     check("rmsnorm dx", &dx, grads.get(xt).unwrap());
-    check("rmsnorm dw", norm.weight.grad().unwrap(), grads.get(wv.as_tensor()).unwrap());
+    check(
+        "rmsnorm dw",
+        norm.weight.grad().unwrap(),
+        grads.get(wv.as_tensor()).unwrap(),
+    );
     Ok(())
 }
 
@@ -99,8 +121,16 @@ fn rope_matches_oracle_with_and_without_positions() -> Result<()> {
         let y_ref = rope_oracle(xv.as_tensor(), &freqs, positions)?;
         let grads = (&y_ref * &r)?.sum_all()?.backward()?;
         let (cos, sin) = tables.select(s, pos_tensor.as_ref())?;
-        check("rope forward", &apply_rope(&f32_of(&x), &cos, &sin)?, &y_ref);
-        check("rope dx", &apply_rope_backward(&f32_of(&r), &cos, &sin)?, grads.get(xv.as_tensor()).unwrap());
+        check(
+            "rope forward",
+            &apply_rope(&f32_of(&x), &cos, &sin)?,
+            &y_ref,
+        );
+        check(
+            "rope dx",
+            &apply_rope_backward(&f32_of(&r), &cos, &sin)?,
+            grads.get(xv.as_tensor()).unwrap(),
+        );
     }
     Ok(())
 }
@@ -109,11 +139,15 @@ fn rope_matches_oracle_with_and_without_positions() -> Result<()> {
 fn rope_scaling_follows_llama31_rule() {
     // head_dim 128, theta 500000: high frequencies unchanged, low ones divided by 8.
     let plain = titan_core::ops::rope::rope_frequencies(128, 500000.0, None);
-    let scaled = titan_core::ops::rope::rope_frequencies(128, 500000.0, Some(RopeScaling::default()));
+    let scaled =
+        titan_core::ops::rope::rope_frequencies(128, 500000.0, Some(RopeScaling::default()));
     assert_eq!(plain[0], scaled[0]);
     assert!((scaled[63] - plain[63] / 8.0).abs() <= f32::EPSILON * plain[63]);
     // Somewhere in between the two rules blend.
-    assert!(scaled.iter().zip(&plain).any(|(s, p)| *s < *p && *s > *p / 8.0));
+    assert!(scaled
+        .iter()
+        .zip(&plain)
+        .any(|(s, p)| *s < *p && *s > *p / 8.0));
 }
 
 #[test]
@@ -124,7 +158,11 @@ fn swiglu_matches_oracle() -> Result<()> {
     let (av, bv) = (Var::from_tensor(&a)?, Var::from_tensor(&b)?);
     let y_ref = (av.as_tensor().silu()? * bv.as_tensor())?;
     let grads = (&y_ref * &r)?.sum_all()?.backward()?;
-    check("swiglu forward", &swiglu_forward(&f32_of(&a), &f32_of(&b))?, &y_ref);
+    check(
+        "swiglu forward",
+        &swiglu_forward(&f32_of(&a), &f32_of(&b))?,
+        &y_ref,
+    );
     let (da, db) = swiglu_backward(&f32_of(&a), &f32_of(&b), &f32_of(&r))?;
     check("swiglu da", &da, grads.get(av.as_tensor()).unwrap());
     check("swiglu db", &db, grads.get(bv.as_tensor()).unwrap());
@@ -154,7 +192,11 @@ fn cross_entropy_matches_oracle_with_ignored_labels() -> Result<()> {
 
     let (loss, saved) = cross_entropy_forward(&f32_of(&logits), &labels, scale)?;
     check("cross-entropy loss", &loss, &loss_ref);
-    check("cross-entropy dlogits", &cross_entropy_backward(&saved)?, grads.get(lv.as_tensor()).unwrap());
+    check(
+        "cross-entropy dlogits",
+        &cross_entropy_backward(&saved)?,
+        grads.get(lv.as_tensor()).unwrap(),
+    );
     Ok(())
 }
 
@@ -169,19 +211,34 @@ fn attention_case(doc_ids: Option<Vec<u32>>) -> Result<()> {
     for bi in 0..b {
         for i in 0..s {
             for j in 0..=i {
-                let same = doc_ids.as_ref().map(|ids| ids[bi * s + i] == ids[bi * s + j]).unwrap_or(true);
+                let same = doc_ids
+                    .as_ref()
+                    .map(|ids| ids[bi * s + i] == ids[bi * s + j])
+                    .unwrap_or(true);
                 allowed[(bi * s + i) * s + j] = if same { 1.0 } else { 0.0 };
             }
         }
     }
     let allowed = Tensor::from_vec(allowed, (b, 1, s, s), &CPU)?;
-    let (qv, kv, vv) = (Var::from_tensor(&q)?, Var::from_tensor(&k)?, Var::from_tensor(&v)?);
-    let y_ref = attention_oracle(qv.as_tensor(), kv.as_tensor(), vv.as_tensor(), &allowed, scale)?;
+    let (qv, kv, vv) = (
+        Var::from_tensor(&q)?,
+        Var::from_tensor(&k)?,
+        Var::from_tensor(&v)?,
+    );
+    let y_ref = attention_oracle(
+        qv.as_tensor(),
+        kv.as_tensor(),
+        vv.as_tensor(),
+        &allowed,
+        scale,
+    )?;
     let grads = (&y_ref * &r)?.sum_all()?.backward()?;
 
     let kind = match &doc_ids {
         None => MaskKind::Causal,
-        Some(ids) => MaskKind::BlockCausal { doc_ids: Tensor::from_slice(ids, (b, s), &CPU)? },
+        Some(ids) => MaskKind::BlockCausal {
+            doc_ids: Tensor::from_slice(ids, (b, s), &CPU)?,
+        },
     };
     let kernel = NaiveAttention;
     let mask = kernel.prepare_mask(&kind, b, s, &CPU)?;
@@ -210,7 +267,14 @@ fn init_statistics_within_two_percent() -> Result<()> {
         (Init::trunc_normal(0.02), 0.02),
         (Init::Normal { std: 1.0 }, 1.0),
         // Truncation at 3 std shrinks the std by about 1.3%: still within 2%.
-        (Init::TruncNormal { std: 0.0625, a: -0.1875, b: 0.1875 }, 0.0625),
+        (
+            Init::TruncNormal {
+                std: 0.0625,
+                a: -0.1875,
+                b: 0.1875,
+            },
+            0.0625,
+        ),
     ] {
         let mut p = Param::new(ParamSpec::new("layers.0.w", (256, 256), init));
         p.materialize(&CPU, 7, DType::F32)?;
@@ -222,7 +286,10 @@ fn init_statistics_within_two_percent() -> Result<()> {
         assert!(mean.abs() < 0.02 * std, "{init:?}: mean {mean}");
         let mut again = Param::new(ParamSpec::new("layers.0.w", (256, 256), init));
         again.materialize(&CPU, 7, DType::F32)?;
-        assert!(titan_core::testing::bitwise_eq(p.master().unwrap(), again.master().unwrap())?);
+        assert!(titan_core::testing::bitwise_eq(
+            p.master().unwrap(),
+            again.master().unwrap()
+        )?);
     }
     Ok(())
 }

@@ -6,7 +6,10 @@ use titan_core::{Block, LayeredModel, SaveMode};
 use titan_models::llama3::{Llama3, LlamaArgs};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = LlamaArgs { vocab_size: 8192, ..LlamaArgs::flavor("debugmodel")? };
+    let args = LlamaArgs {
+        vocab_size: 8192,
+        ..LlamaArgs::flavor("debugmodel")?
+    };
     let (b, s) = (8, 256);
     let mut m = Llama3::new(&args)?;
     m.set_device(&Device::Cpu, DType::F32, s)?;
@@ -39,7 +42,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = Tensor::randn(0f32, 1.0, (2048, 256), &Device::Cpu)?;
     let w = Tensor::randn(0f32, 1.0, (768, 256), &Device::Cpu)?;
     let t = Instant::now();
-    for _ in 0..10 { let _ = a.matmul(&w.t()?)?; }
+    for _ in 0..10 {
+        let _ = a.matmul(&w.t()?)?;
+    }
     println!("matmul 2048x256x768 x10: {:?}", t.elapsed());
     Ok(())
 }

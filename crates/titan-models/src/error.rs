@@ -5,7 +5,11 @@
 pub enum Error {
     /// A flavor name no model defines.
     #[error("unknown {model} flavor `{flavor}`; known flavors: {known}")]
-    UnknownFlavor { model: &'static str, flavor: String, known: String },
+    UnknownFlavor {
+        model: &'static str,
+        flavor: String,
+        known: String,
+    },
 
     /// Arguments that do not describe a valid model.
     #[error("invalid {model} arguments: {why}")]

@@ -53,13 +53,26 @@ fn run(model: &mut Llama3, ac: ActivationCheckpoint) -> (f32, usize) {
     let valid = labels().iter().filter(|&&l| l >= 0).count();
     let label_tensor = model.make_labels(&labels()).unwrap();
     let report = Executor::new(ac)
-        .forward_backward(model, &batch, &label_tensor, 1.0 / valid as f64, &mut NoHooks, MicrobatchInfo::single())
+        .forward_backward(
+            model,
+            &batch,
+            &label_tensor,
+            1.0 / valid as f64,
+            &mut NoHooks,
+            MicrobatchInfo::single(),
+        )
         .unwrap();
-    (report.loss.to_scalar::<f32>().unwrap(), report.peak_saved_bytes)
+    (
+        report.loss.to_scalar::<f32>().unwrap(),
+        report.peak_saved_bytes,
+    )
 }
 
 fn rms(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {
-    let denom = (x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + eps).unwrap().sqrt().unwrap();
+    let denom = (x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + eps)
+        .unwrap()
+        .sqrt()
+        .unwrap();
     x.broadcast_div(&denom).unwrap().broadcast_mul(w).unwrap()
 }
 
@@ -69,13 +82,25 @@ fn reference(model: &Llama3) -> (Tensor, HashMap<String, Tensor>) {
     let vars: Vec<(String, Var)> = model
         .params()
         .iter()
-        .map(|p| (p.name().to_string(), Var::from_tensor(&p.master().unwrap().to_dtype(DType::F64).unwrap()).unwrap()))
+        .map(|p| {
+            (
+                p.name().to_string(),
+                Var::from_tensor(&p.master().unwrap().to_dtype(DType::F64).unwrap()).unwrap(),
+            )
+        })
         .collect();
-    let w: HashMap<&str, &Tensor> = vars.iter().map(|(n, v)| (n.as_str(), v.as_tensor())).collect();
+    let w: HashMap<&str, &Tensor> = vars
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_tensor()))
+        .collect();
     let (d, hq, hkv, hd) = (a.dim, a.n_heads, a.n_kv_heads(), a.head_dim());
     let toks = tokens();
     let ids = Tensor::from_slice(&toks, B * S, &CPU).unwrap();
-    let mut h = w["tok_embeddings.weight"].index_select(&ids, 0).unwrap().reshape((B, S, d)).unwrap();
+    let mut h = w["tok_embeddings.weight"]
+        .index_select(&ids, 0)
+        .unwrap()
+        .reshape((B, S, d))
+        .unwrap();
     let freqs = rope_frequencies(hd, a.rope_theta, a.rope_scaling);
     let positions: Vec<u32> = (0..B * S).map(|i| (i % S) as u32).collect();
     let docs = doc_ids_from_eos(&toks, S, a.eos_id);
@@ -83,32 +108,56 @@ fn reference(model: &Llama3) -> (Tensor, HashMap<String, Tensor>) {
     for b in 0..B {
         for i in 0..S {
             for j in 0..=i {
-                let same = a.attn_mask_type == AttnMaskType::Causal || docs[b * S + i] == docs[b * S + j];
+                let same =
+                    a.attn_mask_type == AttnMaskType::Causal || docs[b * S + i] == docs[b * S + j];
                 allowed[(b * S + i) * S + j] = if same { 1.0 } else { 0.0 };
             }
         }
     }
     let allowed = Tensor::from_vec(allowed, (B, 1, S, S), &CPU).unwrap();
-    let lin = |x: &Tensor, name: String| x.broadcast_matmul(&w[name.as_str()].t().unwrap()).unwrap();
+    let lin =
+        |x: &Tensor, name: String| x.broadcast_matmul(&w[name.as_str()].t().unwrap()).unwrap();
     for l in 0..a.n_layers {
         let p = |s: &str| format!("layers.{l}.{s}");
         let n1 = rms(&h, w[p("attention_norm.weight").as_str()], a.norm_eps);
-        let q = lin(&n1, p("attention.wq.weight")).reshape((B, S, hq, hd)).unwrap();
-        let k = lin(&n1, p("attention.wk.weight")).reshape((B, S, hkv, hd)).unwrap();
-        let v = lin(&n1, p("attention.wv.weight")).reshape((B, S, hkv, hd)).unwrap();
-        let q = rope_oracle(&q, &freqs, &positions).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
-        let k = rope_oracle(&k, &freqs, &positions).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        let q = lin(&n1, p("attention.wq.weight"))
+            .reshape((B, S, hq, hd))
+            .unwrap();
+        let k = lin(&n1, p("attention.wk.weight"))
+            .reshape((B, S, hkv, hd))
+            .unwrap();
+        let v = lin(&n1, p("attention.wv.weight"))
+            .reshape((B, S, hkv, hd))
+            .unwrap();
+        let q = rope_oracle(&q, &freqs, &positions)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let k = rope_oracle(&k, &freqs, &positions)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap();
         let v = v.transpose(1, 2).unwrap().contiguous().unwrap();
         let o = attention_oracle(&q, &k, &v, &allowed, 1.0 / (hd as f64).sqrt()).unwrap();
         let o = o.transpose(1, 2).unwrap().reshape((B, S, d)).unwrap();
         h = (h + lin(&o, p("attention.wo.weight"))).unwrap();
         let n2 = rms(&h, w[p("ffn_norm.weight").as_str()], a.norm_eps);
-        let g = (lin(&n2, p("feed_forward.w1.weight")).silu().unwrap() * lin(&n2, p("feed_forward.w3.weight"))).unwrap();
+        let g = (lin(&n2, p("feed_forward.w1.weight")).silu().unwrap()
+            * lin(&n2, p("feed_forward.w3.weight")))
+        .unwrap();
         h = (h + lin(&g, p("feed_forward.w2.weight"))).unwrap();
     }
     let nf = rms(&h, w["norm.weight"], a.norm_eps);
-    let logits = lin(&nf, "output.weight".into()).reshape((B * S, a.vocab_size)).unwrap();
-    let logp = logits.broadcast_sub(&logits.exp().unwrap().sum_keepdim(1).unwrap().log().unwrap()).unwrap();
+    let logits = lin(&nf, "output.weight".into())
+        .reshape((B * S, a.vocab_size))
+        .unwrap();
+    let logp = logits
+        .broadcast_sub(&logits.exp().unwrap().sum_keepdim(1).unwrap().log().unwrap())
+        .unwrap();
     let lab = labels();
     let mut onehot = vec![0f64; B * S * a.vocab_size];
     for (i, &t) in lab.iter().enumerate() {
@@ -120,7 +169,10 @@ fn reference(model: &Llama3) -> (Tensor, HashMap<String, Tensor>) {
     let onehot = Tensor::from_vec(onehot, (B * S, a.vocab_size), &CPU).unwrap();
     let loss = ((logp * onehot).unwrap().sum_all().unwrap() * (-1.0 / valid)).unwrap();
     let grads = loss.backward().unwrap();
-    let by_name = vars.iter().map(|(n, v)| (n.clone(), grads.get(v.as_tensor()).unwrap().clone())).collect();
+    let by_name = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), grads.get(v.as_tensor()).unwrap().clone()))
+        .collect();
     (loss, by_name)
 }
 
@@ -129,7 +181,10 @@ fn matches_reference(mask: AttnMaskType) {
     let (ref_loss, ref_grads) = reference(&model);
     let (loss, _) = run(&mut model, ActivationCheckpoint::None);
     let ref_loss = ref_loss.to_scalar::<f64>().unwrap();
-    assert!(((loss as f64 - ref_loss) / ref_loss).abs() < 1e-6, "loss {loss} vs reference {ref_loss}");
+    assert!(
+        ((loss as f64 - ref_loss) / ref_loss).abs() < 1e-6,
+        "loss {loss} vs reference {ref_loss}"
+    );
     for p in model.params() {
         let e = rel_err(p.grad().unwrap(), &ref_grads[p.name()]).unwrap();
         assert!(e < 1e-6, "{}: gradient relative error {e:e}", p.name());
@@ -166,9 +221,16 @@ fn activation_checkpointing_gives_bitwise_identical_gradients() {
     for ((m, loss, peak), mode) in runs.iter().zip(modes).skip(1) {
         assert_eq!(loss.to_bits(), base_loss.to_bits(), "{mode:?} loss");
         for (p, q) in m.params().iter().zip(base.params()) {
-            assert!(bitwise_eq(p.grad().unwrap(), q.grad().unwrap()).unwrap(), "{mode:?}: {} differs", p.name());
+            assert!(
+                bitwise_eq(p.grad().unwrap(), q.grad().unwrap()).unwrap(),
+                "{mode:?}: {} differs",
+                p.name()
+            );
         }
-        assert!(peak < base_peak, "{mode:?} should keep fewer activation bytes ({peak} vs {base_peak})");
+        assert!(
+            peak < base_peak,
+            "{mode:?} should keep fewer activation bytes ({peak} vs {base_peak})"
+        );
     }
 }
 
@@ -181,7 +243,11 @@ fn gradients_accumulate_over_microbatches() {
     run(&mut twice, ActivationCheckpoint::None);
     for (p, q) in once.params().iter().zip(twice.params()) {
         let doubled = (p.grad().unwrap() * 2.0).unwrap();
-        assert!(rel_err(q.grad().unwrap(), &doubled).unwrap() < 1e-6, "{}", p.name());
+        assert!(
+            rel_err(q.grad().unwrap(), &doubled).unwrap() < 1e-6,
+            "{}",
+            p.name()
+        );
     }
 }
 

@@ -91,7 +91,9 @@ pub fn restore<M: TrainableModel, S: Strategy<M>>(
         }
     }
     let requests = tensor_requests(strategy, model, wants);
-    let Some(mut loaded) = ck.load(&plan, &requests)? else { return Ok(None) };
+    let Some(mut loaded) = ck.load(&plan, &requests)? else {
+        return Ok(None);
+    };
     let skipped: std::collections::HashSet<String> = loaded.skipped.iter().cloned().collect();
 
     // Model.
@@ -104,7 +106,10 @@ pub fn restore<M: TrainableModel, S: Strategy<M>>(
                 continue;
             }
             let t = take_loaded(&mut tensors, &key)?;
-            let device = p.master().map(|m| m.device().clone()).unwrap_or(candle_core::Device::Cpu);
+            let device = p
+                .master()
+                .map(|m| m.device().clone())
+                .unwrap_or(candle_core::Device::Cpu);
             p.set_master(t.to_device(&device)?)?;
         }
     }
@@ -114,16 +119,27 @@ pub fn restore<M: TrainableModel, S: Strategy<M>>(
     let has = |k: &str| blobs.contains_key(k);
     // Optimizer.
     if !model_only && has(keys::OPTIMIZER) {
-        let meta: titan_optim::state::OptimizerStateMeta = from_json("optimizer", &blobs[keys::OPTIMIZER])?;
+        let meta: titan_optim::state::OptimizerStateMeta =
+            from_json("optimizer", &blobs[keys::OPTIMIZER])?;
         let mut opt_tensors = std::collections::BTreeMap::new();
-        let device = model.params().first().and_then(|p| p.master().map(|m| m.device().clone())).unwrap_or(candle_core::Device::Cpu);
+        let device = model
+            .params()
+            .first()
+            .and_then(|p| p.master().map(|m| m.device().clone()))
+            .unwrap_or(candle_core::Device::Cpu);
         for fqn in meta.steps.keys() {
-            for (which, key) in [("exp_avg", titan_optim::state::exp_avg_key(fqn)), ("exp_avg_sq", titan_optim::state::exp_avg_sq_key(fqn))] {
+            for (which, key) in [
+                ("exp_avg", titan_optim::state::exp_avg_key(fqn)),
+                ("exp_avg_sq", titan_optim::state::exp_avg_sq_key(fqn)),
+            ] {
                 let t = take_loaded(&mut tensors, &keys::optimizer(fqn, which))?;
                 opt_tensors.insert(key, t.to_device(&device)?);
             }
         }
-        optimizer.load_state_dict(OptimizerState { tensors: opt_tensors, meta })?;
+        optimizer.load_state_dict(OptimizerState {
+            tensors: opt_tensors,
+            meta,
+        })?;
     }
     if has(keys::LR_SCHEDULER) {
         lr_scheduler.load_state(from_json("lr_scheduler", &blobs[keys::LR_SCHEDULER])?);
@@ -137,8 +153,15 @@ pub fn restore<M: TrainableModel, S: Strategy<M>>(
     let state = if has(keys::TRAIN_STATE) {
         from_json::<TrainState>("train_state", &blobs[keys::TRAIN_STATE])?
     } else {
-        TrainState { step: 0, tokens_seen: 0 }
+        TrainState {
+            step: 0,
+            tokens_seen: 0,
+        }
     };
-    tracing::info!("Resuming training from step {} ({} tokens seen)", state.step, state.tokens_seen);
+    tracing::info!(
+        "Resuming training from step {} ({} tokens seen)",
+        state.step,
+        state.tokens_seen
+    );
     Ok(Some(state))
 }

@@ -27,7 +27,8 @@ impl BatchSource for DataLoader {
         Ok(DataLoader::next_batch(self)?)
     }
     fn state(&self) -> Result<serde_json::Value> {
-        serde_json::to_value(DataLoader::state(self)).map_err(|e| crate::Error::Msg(format!("data loader state: {e}")))
+        serde_json::to_value(DataLoader::state(self))
+            .map_err(|e| crate::Error::Msg(format!("data loader state: {e}")))
     }
     fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
         let s: titan_data::LoaderState = serde_json::from_value(state.clone()).map_err(|e| {
@@ -64,10 +65,20 @@ pub fn default_batch_source(req: &DataRequest<'_>) -> Result<Box<dyn BatchSource
     let cfg = req.config;
     let (dataset, path, seq_len, batch) = if req.validation {
         let v = &cfg.validation;
-        (v.dataset.clone(), v.dataset_path.clone(), v.seq_len, v.local_batch_size)
+        (
+            v.dataset.clone(),
+            v.dataset_path.clone(),
+            v.seq_len,
+            v.local_batch_size,
+        )
     } else {
         let t = &cfg.training;
-        (t.dataset.clone(), t.dataset_path.clone(), t.seq_len, t.local_batch_size)
+        (
+            t.dataset.clone(),
+            t.dataset_path.clone(),
+            t.seq_len,
+            t.local_batch_size,
+        )
     };
     let mut dl = DataLoaderConfig::new(dataset, seq_len, batch);
     dl.dataset_path = path.map(Into::into);
@@ -77,5 +88,9 @@ pub fn default_batch_source(req: &DataRequest<'_>) -> Result<Box<dyn BatchSource
     dl.emit_positions = req.emit_positions;
     dl.seed = cfg.debug.seed.unwrap_or(0);
     dl.vocab_size = Some(req.vocab_size);
-    Ok(Box::new(DataLoader::new(&dl, req.tokenizer.clone(), req.registry)?))
+    Ok(Box::new(DataLoader::new(
+        &dl,
+        req.tokenizer.clone(),
+        req.registry,
+    )?))
 }

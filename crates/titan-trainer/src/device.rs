@@ -29,7 +29,12 @@ impl DeviceChoice {
 /// has it and a GPU answers, else CPU). `local_rank` picks the GPU.
 pub fn choose_device(cfg: &JobConfig, local_rank: usize) -> Result<DeviceChoice> {
     use titan_config::Device as Want;
-    let cpu = || DeviceChoice { device: Device::Cpu, compute_dtype: DType::F32, name: "cpu".into(), capacity_bytes: None };
+    let cpu = || DeviceChoice {
+        device: Device::Cpu,
+        compute_dtype: DType::F32,
+        name: "cpu".into(),
+        capacity_bytes: None,
+    };
     match cfg.training.device {
         Want::Cpu => Ok(cpu()),
         Want::Cuda => cuda(cfg, local_rank),
@@ -52,7 +57,12 @@ fn cuda(cfg: &JobConfig, local_rank: usize) -> Result<DeviceChoice> {
         titan_config::FloatDtype::Bfloat16 => DType::BF16,
         titan_config::FloatDtype::Float32 => DType::F32,
     };
-    Ok(DeviceChoice { device, compute_dtype, name: "cuda".into(), capacity_bytes: None })
+    Ok(DeviceChoice {
+        device,
+        compute_dtype,
+        name: "cuda".into(),
+        capacity_bytes: None,
+    })
 }
 
 #[cfg(not(feature = "cuda"))]

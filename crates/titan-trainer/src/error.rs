@@ -3,26 +3,31 @@
 /// Errors of a training run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    // Errors of the composed crates, boxed to keep `Result` small.
     #[error(transparent)]
-    Config(#[from] titan_config::Error),
+    Config(Box<titan_config::Error>),
     #[error(transparent)]
-    Core(#[from] titan_core::Error),
+    Core(Box<titan_core::Error>),
     #[error(transparent)]
-    Model(#[from] titan_models::Error),
+    Model(Box<titan_models::Error>),
     #[error(transparent)]
-    Data(#[from] titan_data::Error),
+    Data(Box<titan_data::Error>),
     #[error(transparent)]
-    Optim(#[from] titan_optim::Error),
+    Optim(Box<titan_optim::Error>),
     #[error(transparent)]
-    Metrics(#[from] titan_metrics::Error),
+    Metrics(Box<titan_metrics::Error>),
     #[error(transparent)]
-    Checkpoint(#[from] titan_checkpoint::Error),
+    Checkpoint(Box<titan_checkpoint::Error>),
     #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+    Candle(Box<candle_core::Error>),
 
     /// The loss or gradient norm stopped being a finite number.
     #[error("step {step}: {what} is {value} (not finite); training stopped before the optimizer step, so no checkpoint holds these weights. Lower optimizer.lr, raise lr_scheduler.warmup_steps or check the data")]
-    NonFinite { step: u64, what: &'static str, value: f64 },
+    NonFinite {
+        step: u64,
+        what: &'static str,
+        value: f64,
+    },
 
     /// A model name no train spec is registered for.
     #[error("model.name = {name:?} is not registered; registered models: {known}")]
@@ -38,7 +43,11 @@ pub enum Error {
 
     /// A finite dataset ran out before `training.steps`.
     #[error("the training dataset {dataset:?} ran out at step {step} of {steps}; use a larger dataset, fewer training.steps, or an infinite loader")]
-    DataExhausted { dataset: String, step: u64, steps: u64 },
+    DataExhausted {
+        dataset: String,
+        step: u64,
+        steps: u64,
+    },
 
     /// Anything else.
     #[error("{0}")]
@@ -47,3 +56,24 @@ pub enum Error {
 
 /// `Result` with the trainer's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
+
+macro_rules! boxed_from {
+    ($($variant:ident($ty:ty)),* $(,)?) => {$(
+        impl From<$ty> for Error {
+            fn from(e: $ty) -> Self {
+                Error::$variant(Box::new(e))
+            }
+        }
+    )*};
+}
+
+boxed_from!(
+    Config(titan_config::Error),
+    Core(titan_core::Error),
+    Model(titan_models::Error),
+    Data(titan_data::Error),
+    Optim(titan_optim::Error),
+    Metrics(titan_metrics::Error),
+    Checkpoint(titan_checkpoint::Error),
+    Candle(candle_core::Error),
+);

@@ -31,14 +31,47 @@ pub struct MemoryEstimate {
 impl std::fmt::Display for MemoryEstimate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-        writeln!(f, "parameters:            {}", titan_metrics::pyfmt::int_grouped(self.num_params as i128))?;
-        writeln!(f, "FLOPs per token:       {:.3e}", self.flops_per_token as f64)?;
-        writeln!(f, "master weights (f32):  {:>10.2} GiB", gib(self.master_bytes))?;
-        writeln!(f, "compute copies:        {:>10.2} GiB", gib(self.compute_param_bytes))?;
-        writeln!(f, "gradients (f32):       {:>10.2} GiB", gib(self.grad_bytes))?;
-        writeln!(f, "AdamW moments (f32):   {:>10.2} GiB", gib(self.optimizer_bytes))?;
-        writeln!(f, "saved activations:     {:>10.2} GiB", gib(self.activation_bytes))?;
-        write!(f, "estimated peak:        {:>10.2} GiB per device (data_parallel_shard_degree {})", gib(self.total_bytes), self.data_parallel_shard)
+        writeln!(
+            f,
+            "parameters:            {}",
+            titan_metrics::pyfmt::int_grouped(self.num_params as i128)
+        )?;
+        writeln!(
+            f,
+            "FLOPs per token:       {:.3e}",
+            self.flops_per_token as f64
+        )?;
+        writeln!(
+            f,
+            "master weights (f32):  {:>10.2} GiB",
+            gib(self.master_bytes)
+        )?;
+        writeln!(
+            f,
+            "compute copies:        {:>10.2} GiB",
+            gib(self.compute_param_bytes)
+        )?;
+        writeln!(
+            f,
+            "gradients (f32):       {:>10.2} GiB",
+            gib(self.grad_bytes)
+        )?;
+        writeln!(
+            f,
+            "AdamW moments (f32):   {:>10.2} GiB",
+            gib(self.optimizer_bytes)
+        )?;
+        writeln!(
+            f,
+            "saved activations:     {:>10.2} GiB",
+            gib(self.activation_bytes)
+        )?;
+        write!(
+            f,
+            "estimated peak:        {:>10.2} GiB per device (data_parallel_shard_degree {})",
+            gib(self.total_bytes),
+            self.data_parallel_shard
+        )
     }
 }
 
@@ -47,13 +80,21 @@ pub fn estimate<M: TrainableModel>(spec: &TrainSpec<M>, cfg: &JobConfig) -> Resu
     let tokenizer = (spec.build_tokenizer)(cfg)?;
     let model = (spec.build_model)(cfg, &tokenizer)?;
     let cuda = !matches!(cfg.training.device, titan_config::Device::Cpu);
-    let act = if cuda && cfg.training.mixed_precision_param == titan_config::FloatDtype::Bfloat16 { 2 } else { 4 };
+    let act = if cuda && cfg.training.mixed_precision_param == titan_config::FloatDtype::Bfloat16 {
+        2
+    } else {
+        4
+    };
     let s = model.summary(cfg.training.seq_len, act);
     let shard = cfg.parallelism.data_parallel_shard_degree.max(1) as u64;
     let n = s.num_params;
     let tokens = (cfg.training.local_batch_size * cfg.training.seq_len) as u64;
-    let (l, full, op, input) =
-        (s.n_blocks as u64, s.block_activation_bytes_per_token, s.block_op_ac_bytes_per_token, s.block_input_bytes_per_token);
+    let (l, full, op, input) = (
+        s.n_blocks as u64,
+        s.block_activation_bytes_per_token,
+        s.block_op_ac_bytes_per_token,
+        s.block_input_bytes_per_token,
+    );
     // Kept across the step, plus one block's full state alive while it is recomputed.
     let per_token = s.head_activation_bytes_per_token
         + match crate::train::ac_policy(cfg)? {
@@ -78,7 +119,11 @@ pub fn estimate<M: TrainableModel>(spec: &TrainSpec<M>, cfg: &JobConfig) -> Resu
         grad_bytes,
         optimizer_bytes,
         activation_bytes,
-        total_bytes: master_bytes + compute_param_bytes + grad_bytes + optimizer_bytes + activation_bytes,
+        total_bytes: master_bytes
+            + compute_param_bytes
+            + grad_bytes
+            + optimizer_bytes
+            + activation_bytes,
         compute_dtype_bytes: act,
         data_parallel_shard: shard as usize,
     })

@@ -46,7 +46,10 @@ pub struct RunContext {
 
 impl Default for RunContext {
     fn default() -> Self {
-        Self { local_rank: 0, progress: true }
+        Self {
+            local_rank: 0,
+            progress: true,
+        }
     }
 }
 
@@ -88,7 +91,10 @@ pub fn run(registry: &Registry, cfg: &JobConfig, ctx: &RunContext) -> Result<Opt
     let spec = registry.get(&cfg.model.name)?;
     if cfg.memory_estimation.enable {
         let est = spec.estimate_memory(cfg)?;
-        println!("Memory estimate for {} {}:\n{est}", cfg.model.name, cfg.model.flavor);
+        println!(
+            "Memory estimate for {} {}:\n{est}",
+            cfg.model.name, cfg.model.flavor
+        );
         return Ok(None);
     }
     spec.train(cfg, ctx).map(Some)
@@ -112,8 +118,18 @@ pub fn run_main(registry: &Registry, args: Vec<String>) -> i32 {
         }
         titan_config::Invocation::Run(cfg) => cfg,
     };
-    let local_rank = std::env::var("LOCAL_RANK").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-    match run(registry, &cfg, &RunContext { local_rank, progress: true }) {
+    let local_rank = std::env::var("LOCAL_RANK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    match run(
+        registry,
+        &cfg,
+        &RunContext {
+            local_rank,
+            progress: true,
+        },
+    ) {
         Ok(_) => 0,
         Err(e) => {
             eprintln!("error: {e}");

@@ -92,7 +92,12 @@ impl TrainableModel for Llama3 {
     }
 
     fn make_input(&self, batch: &Batch) -> Result<TokenBatch> {
-        Ok(self.make_batch(&batch.inputs, batch.batch_size, batch.seq_len, batch.positions.as_deref())?)
+        Ok(self.make_batch(
+            &batch.inputs,
+            batch.batch_size,
+            batch.seq_len,
+            batch.positions.as_deref(),
+        )?)
     }
 
     fn make_target(&self, batch: &Batch) -> Result<Tensor> {
@@ -104,43 +109,50 @@ impl TrainableModel for Llama3 {
 /// sequence table from `training.seq_len`, unless `model.*` overrides say otherwise
 /// (torchtitan's `update_from_config`).
 pub fn llama3_spec() -> crate::TrainSpec<Llama3> {
-    crate::TrainSpec::new("llama3", |cfg: &JobConfig, tokenizer: &titan_data::Tokenizer| {
-        let mut args = llama_args(cfg)?;
-        if cfg.model.vocab_size.is_none() {
-            args.vocab_size = tokenizer.vocab_size();
-        }
-        if let Some(eos) = tokenizer.eos_id() {
-            args.eos_id = eos;
-        }
-        if cfg.model.max_seq_len.is_none() {
-            args.max_seq_len = cfg.training.seq_len.max(cfg.validation.seq_len);
-        }
-        args.validate()?;
-        Ok(Llama3::new(&args)?)
-    })
+    crate::TrainSpec::new(
+        "llama3",
+        |cfg: &JobConfig, tokenizer: &titan_data::Tokenizer| {
+            let mut args = llama_args(cfg)?;
+            if cfg.model.vocab_size.is_none() {
+                args.vocab_size = tokenizer.vocab_size();
+            }
+            if let Some(eos) = tokenizer.eos_id() {
+                args.eos_id = eos;
+            }
+            if cfg.model.max_seq_len.is_none() {
+                args.max_seq_len = cfg.training.seq_len.max(cfg.validation.seq_len);
+            }
+            args.validate()?;
+            Ok(Llama3::new(&args)?)
+        },
+    )
 }
 
 /// The Hugging Face state-dict adapter for these Llama arguments (key map and the q/k
 /// permutation between torchtitan's interleaved RoPE pairs and HF's rotate-half layout).
 pub fn hf_adapter(a: &LlamaArgs) -> Result<titan_checkpoint::LlamaAdapter> {
-    let scaling = a.rope_scaling.map(|s| titan_checkpoint::hf::config::Llama3RopeScaling {
-        rope_type: "llama3".into(),
-        factor: s.scaling_factor as f64,
-        low_freq_factor: s.low_freq_factor as f64,
-        high_freq_factor: s.high_freq_factor as f64,
-        original_max_position_embeddings: s.original_max_position_embeddings as usize,
-    });
-    Ok(titan_checkpoint::LlamaAdapter::new(titan_checkpoint::LlamaArgs {
-        dim: a.dim,
-        n_layers: a.n_layers,
-        n_heads: a.n_heads,
-        n_kv_heads: a.n_kv_heads(),
-        head_dim: a.head_dim(),
-        vocab_size: a.vocab_size,
-        ffn_hidden_dim: a.ffn_hidden_dim(),
-        norm_eps: a.norm_eps,
-        rope_theta: a.rope_theta,
-        rope_scaling: scaling,
-        max_seq_len: a.max_seq_len,
-    })?)
+    let scaling = a
+        .rope_scaling
+        .map(|s| titan_checkpoint::hf::config::Llama3RopeScaling {
+            rope_type: "llama3".into(),
+            factor: s.scaling_factor as f64,
+            low_freq_factor: s.low_freq_factor as f64,
+            high_freq_factor: s.high_freq_factor as f64,
+            original_max_position_embeddings: s.original_max_position_embeddings as usize,
+        });
+    Ok(titan_checkpoint::LlamaAdapter::new(
+        titan_checkpoint::LlamaArgs {
+            dim: a.dim,
+            n_layers: a.n_layers,
+            n_heads: a.n_heads,
+            n_kv_heads: a.n_kv_heads(),
+            head_dim: a.head_dim(),
+            vocab_size: a.vocab_size,
+            ffn_hidden_dim: a.ffn_hidden_dim(),
+            norm_eps: a.norm_eps,
+            rope_theta: a.rope_theta,
+            rope_scaling: scaling,
+            max_seq_len: a.max_seq_len,
+        },
+    )?)
 }

@@ -48,7 +48,10 @@ impl<M: TrainableModel> Clone for TrainSpec<M> {
 impl<M: TrainableModel> TrainSpec<M> {
     /// A spec with Titan's default components around `build_model`, which receives the
     /// config and the tokenizer (models take their vocabulary size and EOS id from it).
-    pub fn new(name: impl Into<String>, build_model: impl Fn(&JobConfig, &Tokenizer) -> Result<M> + Send + Sync + 'static) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        build_model: impl Fn(&JobConfig, &Tokenizer) -> Result<M> + Send + Sync + 'static,
+    ) -> Self {
         Self {
             name: name.into(),
             build_model: Arc::new(build_model),
@@ -61,27 +64,42 @@ impl<M: TrainableModel> TrainSpec<M> {
     }
 
     /// Replace the data loader.
-    pub fn with_data(mut self, f: impl Fn(&DataRequest<'_>) -> Result<Box<dyn BatchSource>> + Send + Sync + 'static) -> Self {
+    pub fn with_data(
+        mut self,
+        f: impl Fn(&DataRequest<'_>) -> Result<Box<dyn BatchSource>> + Send + Sync + 'static,
+    ) -> Self {
         self.build_data = Arc::new(f);
         self
     }
     /// Replace the dataset registry (e.g. to register your own datasets by name).
-    pub fn with_datasets(mut self, f: impl Fn() -> DatasetRegistry + Send + Sync + 'static) -> Self {
+    pub fn with_datasets(
+        mut self,
+        f: impl Fn() -> DatasetRegistry + Send + Sync + 'static,
+    ) -> Self {
         self.build_datasets = Arc::new(f);
         self
     }
     /// Replace the tokenizer.
-    pub fn with_tokenizer(mut self, f: impl Fn(&JobConfig) -> Result<Arc<Tokenizer>> + Send + Sync + 'static) -> Self {
+    pub fn with_tokenizer(
+        mut self,
+        f: impl Fn(&JobConfig) -> Result<Arc<Tokenizer>> + Send + Sync + 'static,
+    ) -> Self {
         self.build_tokenizer = Arc::new(f);
         self
     }
     /// Replace the optimizer.
-    pub fn with_optimizer(mut self, f: impl Fn(&JobConfig) -> Result<Optimizer> + Send + Sync + 'static) -> Self {
+    pub fn with_optimizer(
+        mut self,
+        f: impl Fn(&JobConfig) -> Result<Optimizer> + Send + Sync + 'static,
+    ) -> Self {
         self.build_optimizer = Arc::new(f);
         self
     }
     /// Replace the learning-rate schedule.
-    pub fn with_lr_scheduler(mut self, f: impl Fn(&JobConfig) -> Result<LrScheduler> + Send + Sync + 'static) -> Self {
+    pub fn with_lr_scheduler(
+        mut self,
+        f: impl Fn(&JobConfig) -> Result<LrScheduler> + Send + Sync + 'static,
+    ) -> Self {
         self.build_lr_scheduler = Arc::new(f);
         self
     }
@@ -89,7 +107,11 @@ impl<M: TrainableModel> TrainSpec<M> {
 
 /// The tokenizer at `model.tokenizer_path` / `model.hf_assets_path`, else Titan's embedded one.
 pub fn default_tokenizer(cfg: &JobConfig) -> Result<Arc<Tokenizer>> {
-    let dir = cfg.model.tokenizer_path.as_ref().or(cfg.model.hf_assets_path.as_ref());
+    let dir = cfg
+        .model
+        .tokenizer_path
+        .as_ref()
+        .or(cfg.model.hf_assets_path.as_ref());
     Ok(Arc::new(match dir {
         Some(d) => Tokenizer::from_dir(d)?,
         None => titan_data::embedded::tokenizer()?,
@@ -103,7 +125,13 @@ pub fn default_optimizer(cfg: &JobConfig) -> Result<Optimizer> {
         titan_config::OptimizerName::AdamW => AdamWConfig::adamw(),
         titan_config::OptimizerName::Adam => AdamWConfig::adam(),
     };
-    let c = AdamWConfig { lr: o.lr, betas: (o.beta1, o.beta2), eps: o.eps, weight_decay: o.weight_decay, ..base };
+    let c = AdamWConfig {
+        lr: o.lr,
+        betas: (o.beta1, o.beta2),
+        eps: o.eps,
+        weight_decay: o.weight_decay,
+        ..base
+    };
     Ok(Optimizer::new(c)?)
 }
 
@@ -156,7 +184,9 @@ impl Default for Registry {
 
 impl Registry {
     pub fn empty() -> Self {
-        Self { specs: BTreeMap::new() }
+        Self {
+            specs: BTreeMap::new(),
+        }
     }
 
     /// Add (or replace) a model.
@@ -167,10 +197,13 @@ impl Registry {
 
     /// The spec for `model.name`.
     pub fn get(&self, name: &str) -> Result<&dyn RunSpec> {
-        self.specs.get(name).map(|b| b.as_ref()).ok_or_else(|| Error::UnknownModel {
-            name: name.to_string(),
-            known: self.specs.keys().cloned().collect::<Vec<_>>().join(", "),
-        })
+        self.specs
+            .get(name)
+            .map(|b| b.as_ref())
+            .ok_or_else(|| Error::UnknownModel {
+                name: name.to_string(),
+                known: self.specs.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
     }
 
     pub fn names(&self) -> Vec<&str> {

@@ -93,10 +93,18 @@ impl<M: TrainableModel> Strategy<M> for SingleDevice {
         Ok(())
     }
     fn layout(&self, model: &M, name: &str) -> Option<ShardLayout> {
-        model.params().into_iter().find(|p| p.name() == name).map(|p| {
-            let dims = p.shape().dims().to_vec();
-            ShardLayout { start: 0, len: dims.first().copied().unwrap_or(1), global_shape: dims }
-        })
+        model
+            .params()
+            .into_iter()
+            .find(|p| p.name() == name)
+            .map(|p| {
+                let dims = p.shape().dims().to_vec();
+                ShardLayout {
+                    start: 0,
+                    len: dims.first().copied().unwrap_or(1),
+                    global_shape: dims,
+                }
+            })
     }
     fn barrier(&mut self) -> Result<()> {
         Ok(())
@@ -112,7 +120,9 @@ pub(crate) fn sharded_entries<M: TrainableModel, S: Strategy<M> + ?Sized>(
     tensors
         .into_iter()
         .map(|(key, fqn, t)| match strategy.layout(model, &fqn) {
-            Some(l) if l.global_shape.first() != Some(&l.len) => ShardedTensor::dim0(key, l.global_shape, l.start, t),
+            Some(l) if l.global_shape.first() != Some(&l.len) => {
+                ShardedTensor::dim0(key, l.global_shape, l.start, t)
+            }
             _ => ShardedTensor::full(key, t),
         })
         .collect()
@@ -126,10 +136,14 @@ pub(crate) fn tensor_requests<M: TrainableModel, S: Strategy<M> + ?Sized>(
 ) -> Vec<TensorRequest> {
     names
         .into_iter()
-        .map(|(key, fqn, local_shape)| match strategy.layout(model, &fqn) {
-            Some(l) if l.global_shape.first() != Some(&l.len) => TensorRequest::dim0(key, l.global_shape, l.start, l.len),
-            _ => TensorRequest::full(key, local_shape),
-        })
+        .map(
+            |(key, fqn, local_shape)| match strategy.layout(model, &fqn) {
+                Some(l) if l.global_shape.first() != Some(&l.len) => {
+                    TensorRequest::dim0(key, l.global_shape, l.start, l.len)
+                }
+                _ => TensorRequest::full(key, local_shape),
+            },
+        )
         .collect()
 }
 

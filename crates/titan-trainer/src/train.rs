@@ -11,7 +11,9 @@ use titan_checkpoint::{keys, Checkpointer, SaveRequest};
 use titan_config::JobConfig;
 use titan_core::{ActivationCheckpoint, Executor, MicrobatchInfo};
 use titan_data::Batch;
-use titan_metrics::{MetricsConfig, MetricsLogger, StartupInfo, StepMetrics, ValidationMetrics, WindowStats};
+use titan_metrics::{
+    MetricsConfig, MetricsLogger, StartupInfo, StepMetrics, ValidationMetrics, WindowStats,
+};
 use titan_optim::{clip_with_total_norm, LrScheduler, Optimizer, OptimizerState};
 
 use crate::data::{BatchSource, DataRequest};
@@ -66,7 +68,11 @@ pub fn grad_accum_steps(cfg: &JobConfig, dp: usize) -> Result<usize> {
 }
 
 /// Train with `spec` on one process.
-pub fn train<M: TrainableModel + 'static>(spec: &TrainSpec<M>, cfg: &JobConfig, ctx: &RunContext) -> Result<TrainOutcome> {
+pub fn train<M: TrainableModel + 'static>(
+    spec: &TrainSpec<M>,
+    cfg: &JobConfig,
+    ctx: &RunContext,
+) -> Result<TrainOutcome> {
     let mut strategy = SingleDevice::default();
     train_with(spec, cfg, ctx, &mut strategy)
 }
@@ -81,7 +87,12 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
     cfg.validate()?;
     cfg.check_supported()?;
     for ignored in cfg.ignored_settings() {
-        tracing::warn!("{} = {} has no effect in Titan: {}", ignored.key, ignored.value, ignored.why);
+        tracing::warn!(
+            "{} = {} has no effect in Titan: {}",
+            ignored.key,
+            ignored.value,
+            ignored.why
+        );
     }
     let dump_folder = PathBuf::from(&cfg.job.dump_folder);
     if strategy.rank() == 0 {
@@ -95,12 +106,20 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
     // Tokenizer, model (shape-only first), weights.
     let tokenizer = (spec.build_tokenizer)(cfg)?;
     let mut model = (spec.build_model)(cfg, &tokenizer)?;
-    model.prepare(&device.device, device.compute_dtype, seq_len.max(cfg.validation.seq_len))?;
+    model.prepare(
+        &device.device,
+        device.compute_dtype,
+        seq_len.max(cfg.validation.seq_len),
+    )?;
     strategy.init_weights(&mut model, seed)?;
     let act_bytes = device.compute_dtype.size_in_bytes();
     let mut summary = model.summary(seq_len, act_bytes);
     summary.flavor = cfg.model.flavor.clone();
-    let peak_flops = if device.is_cuda() { titan_metrics::peak_flops(&device.name) } else { None };
+    let peak_flops = if device.is_cuda() {
+        titan_metrics::peak_flops(&device.name)
+    } else {
+        None
+    };
     let metrics_cfg = MetricsConfig {
         log_freq: cfg.metrics.log_freq as u64,
         enable_tensorboard: cfg.metrics.enable_tensorboard,
@@ -131,7 +150,11 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
             total_params: summary.num_params,
             flops_per_token: summary.flops_per_token as f64,
             peak_flops,
-            device_type: if device.is_cuda() { "cuda".into() } else { "cpu".into() },
+            device_type: if device.is_cuda() {
+                "cuda".into()
+            } else {
+                "cpu".into()
+            },
             device_name: device.name.clone(),
             capacity_bytes: device.capacity_bytes,
             model_memory: None,
@@ -159,11 +182,18 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
 
     // Resume.
     let mut checkpointer = if cfg.checkpoint.enable {
-        Some(Checkpointer::new(crate::checkpointing::checkpoint_config(cfg, strategy.rank(), strategy.world_size()))?)
+        Some(Checkpointer::new(crate::checkpointing::checkpoint_config(
+            cfg,
+            strategy.rank(),
+            strategy.world_size(),
+        ))?)
     } else {
         None
     };
-    let mut state = TrainState { step: 0, tokens_seen: 0 };
+    let mut state = TrainState {
+        step: 0,
+        tokens_seen: 0,
+    };
     if let Some(ck) = checkpointer.as_mut() {
         if let Some(s) = crate::checkpointing::restore(
             ck,
@@ -178,7 +208,10 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
         }
     }
     let mut metrics = MetricsLogger::new(
-        MetricsConfig { start_step: state.step, ..metrics_cfg },
+        MetricsConfig {
+            start_step: state.step,
+            ..metrics_cfg
+        },
         summary.flops_per_token as f64,
         peak_flops,
     )?;
@@ -186,10 +219,29 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
         let ck = checkpointer.as_mut().ok_or_else(|| {
             Error::Msg("checkpoint.create_seed_checkpoint needs checkpoint.enable = true".into())
         })?;
-        save(ck, strategy, &model, &optimizer, &lr_scheduler, data.as_ref(), state, false)?;
+        save(
+            ck,
+            strategy,
+            &model,
+            &optimizer,
+            &lr_scheduler,
+            data.as_ref(),
+            state,
+            false,
+        )?;
         ck.wait()?;
-        tracing::info!("Created the seed checkpoint (step 0) in {}", ck.step_dir(0).display());
-        return Ok(TrainOutcome { steps: 0, final_loss: f64::NAN, losses: Vec::new(), plot: None, dump_folder, model_summary: summary });
+        tracing::info!(
+            "Created the seed checkpoint (step 0) in {}",
+            ck.step_dir(0).display()
+        );
+        return Ok(TrainOutcome {
+            steps: 0,
+            final_loss: f64::NAN,
+            losses: Vec::new(),
+            plot: None,
+            dump_folder,
+            model_summary: summary,
+        });
     }
     tracing::info!(
         "Training starts at step {}: {} steps, local batch {} x seq {}, {} microbatch(es) per step, activation checkpointing {:?}",
@@ -211,33 +263,64 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
         for _ in 0..grad_accum {
             match data.next_batch()? {
                 Some(b) => batches.push(b),
-                None => return Err(Error::DataExhausted { dataset: data.name(), step, steps: total_steps }),
+                None => {
+                    return Err(Error::DataExhausted {
+                        dataset: data.name(),
+                        step,
+                        steps: total_steps,
+                    })
+                }
             }
         }
-        let local_valid: usize = batches.iter().map(|b| b.labels.iter().filter(|&&l| l >= 0).count()).sum();
+        let local_valid: usize = batches
+            .iter()
+            .map(|b| b.labels.iter().filter(|&&l| l >= 0).count())
+            .sum();
         let global_valid = strategy.all_reduce_sum(local_valid as f64)?;
         if global_valid == 0.0 {
-            return Err(Error::Msg(format!("step {step}: the batch has no token with a label")));
+            return Err(Error::Msg(format!(
+                "step {step}: the batch has no token with a label"
+            )));
         }
         let scale = 1.0 / global_valid;
         let mut local_loss = 0f64;
         for (i, b) in batches.iter().enumerate() {
             let input = model.make_input(b)?;
             let target = model.make_target(b)?;
-            let mb = MicrobatchInfo { index: i, count: grad_accum, backward: true };
-            let report = executor.forward_backward(&mut model, &input, &target, scale, strategy.hooks(), mb)?;
+            let mb = MicrobatchInfo {
+                index: i,
+                count: grad_accum,
+                backward: true,
+            };
+            let report = executor.forward_backward(
+                &mut model,
+                &input,
+                &target,
+                scale,
+                strategy.hooks(),
+                mb,
+            )?;
             local_loss += report.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         }
         let tokens: u64 = batches.iter().map(|b| b.num_tokens() as u64).sum();
         let loss = strategy.all_reduce_sum(local_loss)?;
         // This rank's mean token loss, maxed over ranks (torchtitan's global_max_loss).
-        let max_loss = strategy.all_reduce_max(local_loss * global_valid / local_valid.max(1) as f64)?;
+        let max_loss =
+            strategy.all_reduce_max(local_loss * global_valid / local_valid.max(1) as f64)?;
         let grad_norm = strategy.global_grad_sq_norm(&mut model)?.sqrt();
         if !loss.is_finite() {
-            return Err(Error::NonFinite { step, what: "loss", value: loss });
+            return Err(Error::NonFinite {
+                step,
+                what: "loss",
+                value: loss,
+            });
         }
         if !grad_norm.is_finite() {
-            return Err(Error::NonFinite { step, what: "grad_norm", value: grad_norm });
+            return Err(Error::NonFinite {
+                step,
+                what: "grad_norm",
+                value: grad_norm,
+            });
         }
         let lr = lr_scheduler.lr_at(step);
         {
@@ -247,7 +330,10 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
         }
         lr_scheduler.step();
         strategy.after_step(&mut model)?;
-        state = TrainState { step, tokens_seen: state.tokens_seen + tokens * strategy.dp_world_size() as u64 };
+        state = TrainState {
+            step,
+            tokens_seen: state.tokens_seen + tokens * strategy.dp_world_size() as u64,
+        };
         last_loss = loss;
         losses.push((step, loss));
         window.add(tokens, grad_accum);
@@ -268,14 +354,33 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
             })?;
             window = Window::start(data.wait_time().as_secs_f64());
         }
-        if cfg.validation.enable && cfg.validation.freq > 0 && step % cfg.validation.freq as u64 == 0 {
-            let val_loss = validate(spec, cfg, &executor, &mut model, strategy, &data_request(true))?;
+        if cfg.validation.enable
+            && cfg.validation.freq > 0
+            && step % cfg.validation.freq as u64 == 0
+        {
+            let val_loss = validate(
+                spec,
+                cfg,
+                &executor,
+                &mut model,
+                strategy,
+                &data_request(true),
+            )?;
             metrics.log_validation(&ValidationMetrics::new(step, val_loss))?;
         }
         if let Some(ck) = checkpointer.as_mut() {
             let last = step == total_steps;
             if ck.should_save(step, last) {
-                save(ck, strategy, &model, &optimizer, &lr_scheduler, data.as_ref(), state, last)?;
+                save(
+                    ck,
+                    strategy,
+                    &model,
+                    &optimizer,
+                    &lr_scheduler,
+                    data.as_ref(),
+                    state,
+                    last,
+                )?;
             }
         }
     }
@@ -284,9 +389,20 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
     }
     let plot = metrics.finish()?;
     if state.step > 0 {
-        tracing::info!("Training finished at step {}: final loss {:.5}", state.step, last_loss);
+        tracing::info!(
+            "Training finished at step {}: final loss {:.5}",
+            state.step,
+            last_loss
+        );
     }
-    Ok(TrainOutcome { steps: state.step, final_loss: last_loss, losses, plot, dump_folder, model_summary: summary })
+    Ok(TrainOutcome {
+        steps: state.step,
+        final_loss: last_loss,
+        losses,
+        plot,
+        dump_folder,
+        model_summary: summary,
+    })
 }
 
 /// Token-weighted mean loss over `validation.steps` batches of the validation split.
@@ -299,7 +415,11 @@ fn validate<M: TrainableModel + 'static, S: Strategy<M>>(
     request: &DataRequest<'_>,
 ) -> Result<f64> {
     let mut data = (spec.build_data)(request)?;
-    let limit = if cfg.validation.steps < 0 { usize::MAX } else { cfg.validation.steps as usize };
+    let limit = if cfg.validation.steps < 0 {
+        usize::MAX
+    } else {
+        cfg.validation.steps as usize
+    };
     let (mut loss_sum, mut tokens) = (0f64, 0f64);
     for _ in 0..limit {
         let Some(b) = data.next_batch()? else { break };
@@ -344,7 +464,10 @@ pub(crate) fn save<M: TrainableModel, S: Strategy<M>>(
     let model_tensors: Vec<(String, String, candle_core::Tensor)> = model
         .params()
         .iter()
-        .filter_map(|p| p.master().map(|m| (keys::model(p.name()), p.name().to_string(), m.clone())))
+        .filter_map(|p| {
+            p.master()
+                .map(|m| (keys::model(p.name()), p.name().to_string(), m.clone()))
+        })
         .collect();
     req.tensors = sharded_entries(strategy, model, model_tensors);
     if !model_only {
@@ -353,10 +476,17 @@ pub(crate) fn save<M: TrainableModel, S: Strategy<M>>(
             let (fqn, which) = split_state_key(&k);
             (keys::optimizer(fqn, which), fqn.to_string(), t)
         });
-        req.tensors.extend(sharded_entries(strategy, model, opt_tensors.collect::<Vec<_>>()));
+        req.tensors.extend(sharded_entries(
+            strategy,
+            model,
+            opt_tensors.collect::<Vec<_>>(),
+        ));
         let mut blobs = BTreeMap::new();
         blobs.insert(keys::OPTIMIZER.to_string(), to_json(&meta)?);
-        blobs.insert(keys::LR_SCHEDULER.to_string(), to_json(&lr_scheduler.state())?);
+        blobs.insert(
+            keys::LR_SCHEDULER.to_string(),
+            to_json(&lr_scheduler.state())?,
+        );
         blobs.insert(keys::dataloader(strategy.dp_rank()), data.state()?);
         blobs.insert(keys::TRAIN_STATE.to_string(), to_json(&state)?);
         req.blobs = blobs;
@@ -375,7 +505,10 @@ pub(crate) fn save<M: TrainableModel, S: Strategy<M>>(
 
 /// `<fqn>.exp_avg_sq` -> (`<fqn>`, `exp_avg_sq`).
 pub(crate) fn split_state_key(k: &str) -> (&str, &str) {
-    for suffix in [titan_optim::state::EXP_AVG_SQ_SUFFIX, titan_optim::state::EXP_AVG_SUFFIX] {
+    for suffix in [
+        titan_optim::state::EXP_AVG_SQ_SUFFIX,
+        titan_optim::state::EXP_AVG_SUFFIX,
+    ] {
         if let Some(fqn) = k.strip_suffix(suffix) {
             return (fqn, &suffix[1..]);
         }
@@ -398,7 +531,13 @@ struct Window {
 
 impl Window {
     fn start(wait_secs: f64) -> Self {
-        Self { start: Instant::now(), wait_at_start: wait_secs, tokens: 0, steps: 0, batches: 0 }
+        Self {
+            start: Instant::now(),
+            wait_at_start: wait_secs,
+            tokens: 0,
+            steps: 0,
+            batches: 0,
+        }
     }
     fn add(&mut self, tokens: u64, batches: usize) {
         self.tokens += tokens;

@@ -43,11 +43,27 @@ impl BatchSource for Pattern {
 
 #[test]
 fn custom_model_and_data_loader_train_through_the_registry() {
-    let spec = TrainSpec::new("tiny_llama", |_cfg: &JobConfig, _tok: &titan_data::Tokenizer| {
-        let args = LlamaArgs { dim: 32, n_layers: 1, n_heads: 2, vocab_size: 16, multiple_of: 16, ..LlamaArgs::flavor("debugmodel")? };
-        Ok(Llama3::new(&args)?)
-    })
-    .with_data(|req| Ok(Box::new(Pattern { seq: req.config.training.seq_len, batch: req.config.training.local_batch_size, served: 0 })));
+    let spec = TrainSpec::new(
+        "tiny_llama",
+        |_cfg: &JobConfig, _tok: &titan_data::Tokenizer| {
+            let args = LlamaArgs {
+                dim: 32,
+                n_layers: 1,
+                n_heads: 2,
+                vocab_size: 16,
+                multiple_of: 16,
+                ..LlamaArgs::flavor("debugmodel")?
+            };
+            Ok(Llama3::new(&args)?)
+        },
+    )
+    .with_data(|req| {
+        Ok(Box::new(Pattern {
+            seq: req.config.training.seq_len,
+            batch: req.config.training.local_batch_size,
+            served: 0,
+        }))
+    });
     let mut registry = Registry::default();
     registry.register(spec);
     assert_eq!(registry.names(), vec!["llama3", "tiny_llama"]);
@@ -56,17 +72,46 @@ fn custom_model_and_data_loader_train_through_the_registry() {
     let cfg = JobConfig::load(
         None,
         &[
-            "--model.name", "tiny_llama", "--training.steps", "30", "--training.seq_len", "16",
-            "--training.local_batch_size", "2", "--validation.enable=false", "--optimizer.lr", "1e-2",
-            "--job.dump_folder", dump.to_str().unwrap(), "--metrics.enable_plot=false",
+            "--model.name",
+            "tiny_llama",
+            "--training.steps",
+            "30",
+            "--training.seq_len",
+            "16",
+            "--training.local_batch_size",
+            "2",
+            "--validation.enable=false",
+            "--optimizer.lr",
+            "1e-2",
+            "--job.dump_folder",
+            dump.to_str().unwrap(),
+            "--metrics.enable_plot=false",
         ],
     )
     .unwrap();
-    let out = run(&registry, &cfg, &RunContext { local_rank: 0, progress: false }).unwrap().unwrap();
+    let out = run(
+        &registry,
+        &cfg,
+        &RunContext {
+            local_rank: 0,
+            progress: false,
+        },
+    )
+    .unwrap()
+    .unwrap();
     let first = out.losses.first().unwrap().1;
-    assert!(out.final_loss < first / 3.0, "the pattern is learnable: {first} -> {}", out.final_loss);
+    assert!(
+        out.final_loss < first / 3.0,
+        "the pattern is learnable: {first} -> {}",
+        out.final_loss
+    );
 
-    let err = run(&registry, &JobConfig::load(None, &["--model.name", "nope"]).unwrap(), &RunContext::default()).unwrap_err();
+    let err = run(
+        &registry,
+        &JobConfig::load(None, &["--model.name", "nope"]).unwrap(),
+        &RunContext::default(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("llama3, tiny_llama"), "{err}");
     std::fs::remove_dir_all(dump).ok();
 }

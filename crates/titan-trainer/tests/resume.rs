@@ -6,20 +6,46 @@ use titan_trainer::{run, JobConfig, Registry, RunContext};
 
 fn tiny(dump: &std::path::Path, steps: usize, extra: &[&str]) -> JobConfig {
     let mut args: Vec<String> = [
-        "--model.dim", "64", "--model.n_layers", "2", "--model.n_heads", "4", "--model.n_kv_heads", "2",
-        "--training.seq_len", "32", "--training.local_batch_size", "2", "--lr_scheduler.warmup_steps", "2",
-        "--metrics.log_freq", "1", "--validation.enable=false", "--checkpoint.enable",
-        "--checkpoint.interval", "3", "--checkpoint.last_save_model_only=false", "--metrics.enable_plot=false",
+        "--model.dim",
+        "64",
+        "--model.n_layers",
+        "2",
+        "--model.n_heads",
+        "4",
+        "--model.n_kv_heads",
+        "2",
+        "--training.seq_len",
+        "32",
+        "--training.local_batch_size",
+        "2",
+        "--lr_scheduler.warmup_steps",
+        "2",
+        "--metrics.log_freq",
+        "1",
+        "--validation.enable=false",
+        "--checkpoint.enable",
+        "--checkpoint.interval",
+        "3",
+        "--checkpoint.last_save_model_only=false",
+        "--metrics.enable_plot=false",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    args.extend(["--training.steps".into(), steps.to_string(), "--job.dump_folder".into(), dump.display().to_string()]);
+    args.extend([
+        "--training.steps".into(),
+        steps.to_string(),
+        "--job.dump_folder".into(),
+        dump.display().to_string(),
+    ]);
     args.extend(extra.iter().map(|s| s.to_string()));
     JobConfig::load(None, &args).unwrap()
 }
 
-fn final_weights(dump: &std::path::Path, step: u64) -> std::collections::BTreeMap<String, Vec<u32>> {
+fn final_weights(
+    dump: &std::path::Path,
+    step: u64,
+) -> std::collections::BTreeMap<String, Vec<u32>> {
     let cfg = titan_trainer::checkpointing::checkpoint_config(&tiny(dump, 6, &[]), 0, 1);
     let ck = Checkpointer::new(cfg).unwrap();
     let dir = ck.step_dir(step);
@@ -34,7 +60,18 @@ fn final_weights(dump: &std::path::Path, step: u64) -> std::collections::BTreeMa
     loaded
         .tensors
         .into_iter()
-        .map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()))
+        .map(|(k, t)| {
+            (
+                k,
+                t.flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect(),
+            )
+        })
         .collect()
 }
 
@@ -42,15 +79,27 @@ fn final_weights(dump: &std::path::Path, step: u64) -> std::collections::BTreeMa
 fn train_6_equals_train_3_save_load_train_3() {
     let root = std::env::temp_dir().join(format!("titan-resume-{}", std::process::id()));
     let (a, b) = (root.join("straight"), root.join("resumed"));
-    let ctx = RunContext { local_rank: 0, progress: false };
+    let ctx = RunContext {
+        local_rank: 0,
+        progress: false,
+    };
     let reg = Registry::default();
     let straight = run(&reg, &tiny(&a, 6, &[]), &ctx).unwrap().unwrap();
     let first = run(&reg, &tiny(&b, 3, &[]), &ctx).unwrap().unwrap();
     let second = run(&reg, &tiny(&b, 6, &[]), &ctx).unwrap().unwrap();
     assert_eq!(first.losses.len(), 3);
     assert_eq!(second.losses.len(), 3, "the second run resumes at step 4");
-    let resumed: Vec<(u64, u64)> = first.losses.iter().chain(&second.losses).map(|(s, l)| (*s, l.to_bits())).collect();
-    let expected: Vec<(u64, u64)> = straight.losses.iter().map(|(s, l)| (*s, l.to_bits())).collect();
+    let resumed: Vec<(u64, u64)> = first
+        .losses
+        .iter()
+        .chain(&second.losses)
+        .map(|(s, l)| (*s, l.to_bits()))
+        .collect();
+    let expected: Vec<(u64, u64)> = straight
+        .losses
+        .iter()
+        .map(|(s, l)| (*s, l.to_bits()))
+        .collect();
     assert_eq!(resumed, expected);
     assert_eq!(final_weights(&a, 6), final_weights(&b, 6));
     std::fs::remove_dir_all(root).ok();

@@ -17,11 +17,16 @@ fn main() {
         let mut datasets = DatasetRegistry::with_builtins();
         datasets.register_documents(
             "hello_world",
-            (0..1000).map(|i| format!("Document {i}: hello, world. Titan trains on this text.")).collect(),
+            (0..1000)
+                .map(|i| format!("Document {i}: hello, world. Titan trains on this text."))
+                .collect(),
         );
         datasets
     });
     let mut registry = Registry::empty();
     registry.register(spec);
-    std::process::exit(titan_trainer::run_main(&registry, std::env::args().skip(1).collect()));
+    std::process::exit(titan_trainer::run_main(
+        &registry,
+        std::env::args().skip(1).collect(),
+    ));
 }

@@ -57,11 +57,30 @@ pub trait AttentionKernel: Send + Sync + std::fmt::Debug {
     /// A short name for logs.
     fn name(&self) -> &'static str;
     /// Build the mask this kernel wants for a microbatch.
-    fn prepare_mask(&self, kind: &MaskKind, batch: usize, seq: usize, device: &Device) -> Result<AttnMask>;
+    fn prepare_mask(
+        &self,
+        kind: &MaskKind,
+        batch: usize,
+        seq: usize,
+        device: &Device,
+    ) -> Result<AttnMask>;
     /// Attention output and saved state.
-    fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, scale: f64) -> Result<(Tensor, AttnSaved)>;
+    fn forward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &AttnMask,
+        scale: f64,
+    ) -> Result<(Tensor, AttnSaved)>;
     /// Gradients `(d_q, d_k, d_v)` given the output gradient.
-    fn backward(&self, saved: &AttnSaved, d_out: &Tensor, mask: &AttnMask, scale: f64) -> Result<(Tensor, Tensor, Tensor)>;
+    fn backward(
+        &self,
+        saved: &AttnSaved,
+        d_out: &Tensor,
+        mask: &AttnMask,
+        scale: f64,
+    ) -> Result<(Tensor, Tensor, Tensor)>;
 }
 
 /// Attention that materializes the `seq x seq` probabilities (f32). Fine on CPU and for short
@@ -75,7 +94,10 @@ fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
         return Ok(x.clone());
     }
     let (b, h, s, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?.broadcast_as((b, h, rep, s, d))?.contiguous()?.reshape((b, h * rep, s, d))?)
+    Ok(x.unsqueeze(2)?
+        .broadcast_as((b, h, rep, s, d))?
+        .contiguous()?
+        .reshape((b, h * rep, s, d))?)
 }
 
 /// Sum groups of `rep` heads: `(b, hkv * rep, s, d) -> (b, hkv, s, d)`.
@@ -101,7 +123,13 @@ impl AttentionKernel for NaiveAttention {
         "naive"
     }
 
-    fn prepare_mask(&self, kind: &MaskKind, batch: usize, seq: usize, device: &Device) -> Result<AttnMask> {
+    fn prepare_mask(
+        &self,
+        kind: &MaskKind,
+        batch: usize,
+        seq: usize,
+        device: &Device,
+    ) -> Result<AttnMask> {
         let i = Tensor::arange(0u32, seq as u32, device)?;
         let causal = i.unsqueeze(1)?.broadcast_ge(&i.unsqueeze(0)?)?; // (s, s): key j <= query i
         let allowed = match kind {
@@ -109,22 +137,38 @@ impl AttentionKernel for NaiveAttention {
             MaskKind::BlockCausal { doc_ids } => {
                 let (b, s) = doc_ids.dims2()?;
                 if b != batch || s != seq {
-                    crate::bail!("block-causal doc_ids are ({b}, {s}), the batch is ({batch}, {seq})");
+                    crate::bail!(
+                        "block-causal doc_ids are ({b}, {s}), the batch is ({batch}, {seq})"
+                    );
                 }
                 let same_doc = doc_ids.unsqueeze(2)?.broadcast_eq(&doc_ids.unsqueeze(1)?)?; // (b, s, s)
-                (same_doc.to_dtype(DType::U8)? .broadcast_mul(&causal.unsqueeze(0)?)?)
-                    .reshape((b, 1, seq, seq))?
+                (same_doc
+                    .to_dtype(DType::U8)?
+                    .broadcast_mul(&causal.unsqueeze(0)?)?)
+                .reshape((b, 1, seq, seq))?
             }
         };
         let zeros = Tensor::zeros(allowed.shape(), DType::F32, device)?;
         let neg_inf = Tensor::full(f32::NEG_INFINITY, allowed.shape(), device)?;
         let bias = allowed.ne(0u8)?.where_cond(&zeros, &neg_inf)?;
-        Ok(AttnMask { kind: kind.clone(), bias: Some(bias) })
+        Ok(AttnMask {
+            kind: kind.clone(),
+            bias: Some(bias),
+        })
     }
 
-    fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, scale: f64) -> Result<(Tensor, AttnSaved)> {
+    fn forward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &AttnMask,
+        scale: f64,
+    ) -> Result<(Tensor, AttnSaved)> {
         let rep = heads_ratio(q, k)?;
-        let bias = mask.bias.as_ref().ok_or_else(|| crate::Error::Msg("naive attention needs a prepared bias mask".into()))?;
+        let bias = mask.bias.as_ref().ok_or_else(|| {
+            crate::Error::Msg("naive attention needs a prepared bias mask".into())
+        })?;
         let q32 = q.to_dtype(DType::F32)?;
         let k32 = repeat_kv(&k.to_dtype(DType::F32)?, rep)?;
         let v32 = repeat_kv(&v.to_dtype(DType::F32)?, rep)?;
@@ -133,16 +177,27 @@ impl AttentionKernel for NaiveAttention {
         let e = scores.broadcast_sub(&max)?.exp()?;
         let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
         let out = p.matmul(&v32)?.to_dtype(q.dtype())?;
-        let saved = AttnSaved { q: q.clone(), k: k.clone(), v: v.clone(), out: out.clone(), aux: vec![p] };
+        let saved = AttnSaved {
+            q: q.clone(),
+            k: k.clone(),
+            v: v.clone(),
+            out: out.clone(),
+            aux: vec![p],
+        };
         Ok((out, saved))
     }
 
-    fn backward(&self, saved: &AttnSaved, d_out: &Tensor, _mask: &AttnMask, scale: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    fn backward(
+        &self,
+        saved: &AttnSaved,
+        d_out: &Tensor,
+        _mask: &AttnMask,
+        scale: f64,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let rep = heads_ratio(&saved.q, &saved.k)?;
-        let p = saved
-            .aux
-            .first()
-            .ok_or(crate::Error::MissingSaved { module: "naive attention (probabilities)" })?;
+        let p = saved.aux.first().ok_or(crate::Error::MissingSaved {
+            module: "naive attention (probabilities)",
+        })?;
         let q32 = saved.q.to_dtype(DType::F32)?;
         let k32 = repeat_kv(&saved.k.to_dtype(DType::F32)?, rep)?;
         let v32 = repeat_kv(&saved.v.to_dtype(DType::F32)?, rep)?;

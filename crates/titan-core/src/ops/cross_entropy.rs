@@ -28,31 +28,57 @@ pub struct CrossEntropySaved {
 
 impl SavedState for CrossEntropySaved {
     fn bytes(&self) -> usize {
-        tensor_bytes(&self.logits) + tensor_bytes(&self.lse) + tensor_bytes(&self.safe_labels) + tensor_bytes(&self.valid)
+        tensor_bytes(&self.logits)
+            + tensor_bytes(&self.lse)
+            + tensor_bytes(&self.safe_labels)
+            + tensor_bytes(&self.valid)
     }
 }
 
 /// `scale * sum_i [lse_i - logit_i(label_i)]` over rows whose label is not [`IGNORE_INDEX`].
 /// `logits (rows, vocab)`, `labels (rows,)` as i64. Returns a scalar f32 tensor.
-pub fn cross_entropy_forward(logits: &Tensor, labels: &Tensor, scale: f64) -> Result<(Tensor, CrossEntropySaved)> {
+pub fn cross_entropy_forward(
+    logits: &Tensor,
+    labels: &Tensor,
+    scale: f64,
+) -> Result<(Tensor, CrossEntropySaved)> {
     let l32 = logits.to_dtype(DType::F32)?;
     let max = l32.max_keepdim(D::Minus1)?;
-    let lse = (l32.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?;
+    let lse = (l32
+        .broadcast_sub(&max)?
+        .exp()?
+        .sum_keepdim(D::Minus1)?
+        .log()?
+        + &max)?;
     let valid_mask = labels.ge(0i64)?;
     let valid = valid_mask.to_dtype(DType::F32)?.unsqueeze(1)?;
     let zeros = labels.zeros_like()?;
-    let safe_labels = valid_mask.where_cond(labels, &zeros)?.to_dtype(DType::U32)?;
+    let safe_labels = valid_mask
+        .where_cond(labels, &zeros)?
+        .to_dtype(DType::U32)?;
     let picked = l32.gather(&safe_labels.unsqueeze(1)?, 1)?;
     let per_row = ((&lse - picked)? * &valid)?;
     let loss = (per_row.sum_all()? * scale)?;
-    Ok((loss, CrossEntropySaved { logits: logits.clone(), lse, safe_labels, valid, scale }))
+    Ok((
+        loss,
+        CrossEntropySaved {
+            logits: logits.clone(),
+            lse,
+            safe_labels,
+            valid,
+            scale,
+        },
+    ))
 }
 
 /// `d logits = scale * valid * (softmax(logits) - onehot(label))`, in the logits' dtype.
 pub fn cross_entropy_backward(saved: &CrossEntropySaved) -> Result<Tensor> {
     let l32 = saved.logits.to_dtype(DType::F32)?;
     let probs = l32.broadcast_sub(&saved.lse)?.exp()?;
-    let onehot = probs.zeros_like()?.scatter_add(&saved.safe_labels.unsqueeze(1)?, &saved.valid, 1)?;
+    let onehot =
+        probs
+            .zeros_like()?
+            .scatter_add(&saved.safe_labels.unsqueeze(1)?, &saved.valid, 1)?;
     let d = (probs.broadcast_mul(&saved.valid)? - onehot)?;
     Ok((d * saved.scale)?.to_dtype(saved.logits.dtype())?)
 }

@@ -12,7 +12,9 @@ pub struct Embedding {
 
 impl Embedding {
     pub fn new(name: impl Into<String>, vocab_size: usize, dim: usize, init: Init) -> Self {
-        Self { weight: Param::new(ParamSpec::new(name, (vocab_size, dim), init)) }
+        Self {
+            weight: Param::new(ParamSpec::new(name, (vocab_size, dim), init)),
+        }
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -35,7 +37,9 @@ impl Embedding {
     pub fn backward(&mut self, ids: &Tensor, d_out: &Tensor) -> Result<()> {
         let dim = self.dim();
         let flat_ids = ids.flatten_all()?;
-        let d = d_out.reshape((flat_ids.dim(0)?, dim))?.to_dtype(DType::F32)?;
+        let d = d_out
+            .reshape((flat_ids.dim(0)?, dim))?
+            .to_dtype(DType::F32)?;
         let zeros = Tensor::zeros((self.vocab_size(), dim), DType::F32, d.device())?;
         let dw = zeros.index_add(&flat_ids, &d, 0)?;
         self.weight.accumulate_grad(&dw)

@@ -26,8 +26,15 @@ pub(crate) fn unflatten_rows(x: &Tensor, lead: &[usize]) -> Result<Tensor> {
 
 impl Linear {
     /// A shape-only linear layer named `name` (the weight's FQN).
-    pub fn new(name: impl Into<String>, in_features: usize, out_features: usize, init: Init) -> Self {
-        Self { weight: Param::new(ParamSpec::new(name, (out_features, in_features), init)) }
+    pub fn new(
+        name: impl Into<String>,
+        in_features: usize,
+        out_features: usize,
+        init: Init,
+    ) -> Self {
+        Self {
+            weight: Param::new(ParamSpec::new(name, (out_features, in_features), init)),
+        }
     }
 
     pub fn in_features(&self) -> usize {

@@ -13,7 +13,9 @@ pub mod rope;
 pub mod swiglu;
 
 pub use attention::{AttentionKernel, AttnMask, AttnSaved, MaskKind, NaiveAttention};
-pub use cross_entropy::{cross_entropy_backward, cross_entropy_forward, CrossEntropySaved, IGNORE_INDEX};
+pub use cross_entropy::{
+    cross_entropy_backward, cross_entropy_forward, CrossEntropySaved, IGNORE_INDEX,
+};
 pub use embedding::Embedding;
 pub use linear::Linear;
 pub use rmsnorm::RmsNorm;

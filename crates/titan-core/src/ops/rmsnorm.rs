@@ -13,7 +13,10 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn new(name: impl Into<String>, dim: usize, eps: f64) -> Self {
-        Self { weight: Param::new(ParamSpec::new(name, dim, Init::Ones)), eps }
+        Self {
+            weight: Param::new(ParamSpec::new(name, dim, Init::Ones)),
+            eps,
+        }
     }
 
     /// Returns `y` (in `x`'s dtype) and the reciprocal RMS per row `(..., 1)` in f32, which
@@ -23,7 +26,10 @@ impl RmsNorm {
         let x32 = x.to_dtype(DType::F32)?;
         let ms = x32.sqr()?.mean_keepdim(D::Minus1)?;
         let rstd = (ms + self.eps)?.sqrt()?.recip()?;
-        let y = x32.broadcast_mul(&rstd)?.broadcast_mul(&w)?.to_dtype(x.dtype())?;
+        let y = x32
+            .broadcast_mul(&rstd)?
+            .broadcast_mul(&w)?
+            .to_dtype(x.dtype())?;
         Ok((y, rstd))
     }
 

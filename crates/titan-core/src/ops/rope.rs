@@ -17,7 +17,12 @@ pub struct RopeScaling {
 
 impl Default for RopeScaling {
     fn default() -> Self {
-        Self { scaling_factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192.0 }
+        Self {
+            scaling_factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192.0,
+        }
     }
 }
 
@@ -32,7 +37,9 @@ pub struct RopeTables {
 pub fn rope_frequencies(head_dim: usize, theta: f64, scaling: Option<RopeScaling>) -> Vec<f32> {
     let half = head_dim / 2;
     let theta = theta as f32;
-    let mut freqs: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
+    let mut freqs: Vec<f32> = (0..half)
+        .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+        .collect();
     if let Some(s) = scaling {
         let low_freq_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
         let high_freq_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
@@ -52,7 +59,13 @@ pub fn rope_frequencies(head_dim: usize, theta: f64, scaling: Option<RopeScaling
 
 impl RopeTables {
     /// Tables for positions `0..max_seq_len`.
-    pub fn new(head_dim: usize, max_seq_len: usize, theta: f64, scaling: Option<RopeScaling>, device: &Device) -> Result<Self> {
+    pub fn new(
+        head_dim: usize,
+        max_seq_len: usize,
+        theta: f64,
+        scaling: Option<RopeScaling>,
+        device: &Device,
+    ) -> Result<Self> {
         if head_dim % 2 != 0 {
             crate::bail!("RoPE needs an even head_dim, got {head_dim}");
         }
@@ -82,19 +95,34 @@ impl RopeTables {
     pub fn select(&self, seq_len: usize, positions: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
         let half = self.cos.dims()[1];
         if seq_len > self.max_seq_len() {
-            crate::bail!("sequence length {seq_len} exceeds the RoPE table's max_seq_len {}", self.max_seq_len());
+            crate::bail!(
+                "sequence length {seq_len} exceeds the RoPE table's max_seq_len {}",
+                self.max_seq_len()
+            );
         }
         match positions {
             None => {
-                let c = self.cos.narrow(0, 0, seq_len)?.reshape((1, seq_len, 1, half, 1))?;
-                let s = self.sin.narrow(0, 0, seq_len)?.reshape((1, seq_len, 1, half, 1))?;
+                let c = self
+                    .cos
+                    .narrow(0, 0, seq_len)?
+                    .reshape((1, seq_len, 1, half, 1))?;
+                let s = self
+                    .sin
+                    .narrow(0, 0, seq_len)?
+                    .reshape((1, seq_len, 1, half, 1))?;
                 Ok((c, s))
             }
             Some(pos) => {
                 let (b, s_len) = pos.dims2()?;
                 let flat = pos.flatten_all()?;
-                let c = self.cos.index_select(&flat, 0)?.reshape((b, s_len, 1, half, 1))?;
-                let s = self.sin.index_select(&flat, 0)?.reshape((b, s_len, 1, half, 1))?;
+                let c = self
+                    .cos
+                    .index_select(&flat, 0)?
+                    .reshape((b, s_len, 1, half, 1))?;
+                let s = self
+                    .sin
+                    .index_select(&flat, 0)?
+                    .reshape((b, s_len, 1, half, 1))?;
                 Ok((c, s))
             }
         }
@@ -118,7 +146,9 @@ fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor, inverse: bool) -> Result<Tenso
             (x0.broadcast_mul(sin)? + x1.broadcast_mul(cos)?)?,
         )
     };
-    Ok(Tensor::cat(&[y0, y1], 4)?.reshape((b, s, h, d))?.to_dtype(x.dtype())?)
+    Ok(Tensor::cat(&[y0, y1], 4)?
+        .reshape((b, s, h, d))?
+        .to_dtype(x.dtype())?)
 }
 
 /// Rotate `x (batch, seq, heads, head_dim)` by the selected tables.

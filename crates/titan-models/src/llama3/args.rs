@@ -61,15 +61,33 @@ impl Default for LlamaArgs {
 }
 
 /// The flavor names [`LlamaArgs::flavor`] knows.
-pub const FLAVORS: &[&str] = &["debugmodel", "debugmodel_flex_attn", "1B", "3B", "8B", "8B_flex", "70B", "405B"];
+pub const FLAVORS: &[&str] = &[
+    "debugmodel",
+    "debugmodel_flex_attn",
+    "1B",
+    "3B",
+    "8B",
+    "8B_flex",
+    "70B",
+    "405B",
+];
 
 impl LlamaArgs {
     /// torchtitan 0.2.2's `llama3_args[flavor]`, plus `1B` (the anchor benchmark shape:
     /// Llama 3.2 1B with an untied output) and `3B` (torchtitan 0.3's shape, untied).
     pub fn flavor(name: &str) -> Result<Self> {
-        let base = Self { rope_theta: 500000.0, ..Self::default() };
+        let base = Self {
+            rope_theta: 500000.0,
+            ..Self::default()
+        };
         let args = match name {
-            "debugmodel" => Self { dim: 256, n_layers: 6, n_heads: 16, vocab_size: 2048, ..base },
+            "debugmodel" => Self {
+                dim: 256,
+                n_layers: 6,
+                n_heads: 16,
+                vocab_size: 2048,
+                ..base
+            },
             "debugmodel_flex_attn" => Self {
                 dim: 256,
                 n_layers: 6,
@@ -103,7 +121,11 @@ impl LlamaArgs {
                 n_kv_heads: Some(8),
                 ffn_dim_multiplier: Some(1.3),
                 multiple_of: 1024,
-                attn_mask_type: if name == "8B_flex" { AttnMaskType::BlockCausal } else { AttnMaskType::Causal },
+                attn_mask_type: if name == "8B_flex" {
+                    AttnMaskType::BlockCausal
+                } else {
+                    AttnMaskType::Causal
+                },
                 ..base
             },
             "70B" => Self {
@@ -125,7 +147,11 @@ impl LlamaArgs {
                 ..base
             },
             other => {
-                return Err(Error::UnknownFlavor { model: "llama3", flavor: other.to_string(), known: FLAVORS.join(", ") })
+                return Err(Error::UnknownFlavor {
+                    model: "llama3",
+                    flavor: other.to_string(),
+                    known: FLAVORS.join(", "),
+                })
             }
         };
         Ok(args)
@@ -151,7 +177,12 @@ impl LlamaArgs {
 
     /// Check the arguments describe a buildable model; errors name the argument.
     pub fn validate(&self) -> Result<()> {
-        let bad = |why: String| Err(Error::InvalidArgs { model: "llama3", why });
+        let bad = |why: String| {
+            Err(Error::InvalidArgs {
+                model: "llama3",
+                why,
+            })
+        };
         if self.dim == 0 || self.n_layers == 0 || self.n_heads == 0 || self.vocab_size == 0 {
             return bad(format!(
                 "dim ({}), n_layers ({}), n_heads ({}) and vocab_size ({}) must be positive",
@@ -159,20 +190,32 @@ impl LlamaArgs {
             ));
         }
         if self.dim % self.n_heads != 0 {
-            return bad(format!("dim {} is not divisible by n_heads {}", self.dim, self.n_heads));
+            return bad(format!(
+                "dim {} is not divisible by n_heads {}",
+                self.dim, self.n_heads
+            ));
         }
         if self.head_dim() % 2 != 0 {
-            return bad(format!("head_dim {} (dim / n_heads) must be even for RoPE", self.head_dim()));
+            return bad(format!(
+                "head_dim {} (dim / n_heads) must be even for RoPE",
+                self.head_dim()
+            ));
         }
         let kv = self.n_kv_heads();
         if kv == 0 || self.n_heads % kv != 0 {
-            return bad(format!("n_heads {} is not a multiple of n_kv_heads {kv}", self.n_heads));
+            return bad(format!(
+                "n_heads {} is not a multiple of n_kv_heads {kv}",
+                self.n_heads
+            ));
         }
         if self.multiple_of == 0 {
             return bad("multiple_of must be positive".into());
         }
         if self.norm_eps <= 0.0 || self.rope_theta <= 0.0 {
-            return bad(format!("norm_eps ({}) and rope_theta ({}) must be positive", self.norm_eps, self.rope_theta));
+            return bad(format!(
+                "norm_eps ({}) and rope_theta ({}) must be positive",
+                self.norm_eps, self.rope_theta
+            ));
         }
         if self.max_seq_len == 0 {
             return bad("max_seq_len must be positive".into());

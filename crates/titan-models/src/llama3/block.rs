@@ -7,8 +7,8 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use titan_core::layered::{opt_tensor_bytes, tensor_bytes};
 use titan_core::ops::{
-    apply_rope, apply_rope_backward, swiglu_backward, swiglu_forward, AttentionKernel, AttnMask, AttnSaved, Linear,
-    RmsNorm,
+    apply_rope, apply_rope_backward, swiglu_backward, swiglu_forward, AttentionKernel, AttnMask,
+    AttnSaved, Linear, RmsNorm,
 };
 use titan_core::{Block, Error, Module, Param, Result, SaveMode, SavedState};
 
@@ -72,10 +72,19 @@ impl SavedState for LlamaBlockSaved {
             + self.attn.bytes()
             + tensor_bytes(&self.a)
             + tensor_bytes(&self.b)
-            + [&self.attn_out, &self.rstd1, &self.n1, &self.o, &self.h, &self.rstd2, &self.n2, &self.g]
-                .into_iter()
-                .map(opt_tensor_bytes)
-                .sum::<usize>()
+            + [
+                &self.attn_out,
+                &self.rstd1,
+                &self.n1,
+                &self.o,
+                &self.h,
+                &self.rstd2,
+                &self.n2,
+                &self.g,
+            ]
+            .into_iter()
+            .map(opt_tensor_bytes)
+            .sum::<usize>()
     }
 }
 
@@ -84,12 +93,28 @@ impl LlamaBlock {
     pub fn new(args: &LlamaArgs, layer_id: usize, attention: Arc<dyn AttentionKernel>) -> Self {
         let mut specs = block_specs(args, layer_id).into_iter();
         let mut linear = || {
-            let s = specs.next().expect("block_specs lists every block parameter");
+            let s = specs
+                .next()
+                .expect("block_specs lists every block parameter");
             let (out, inp) = (s.shape.dims()[0], s.shape.dims()[1]);
             Linear::new(s.name, inp, out, s.init)
         };
-        let (wq, wk, wv, wo, w1, w2, w3) = (linear(), linear(), linear(), linear(), linear(), linear(), linear());
-        let norm = |s: &str| RmsNorm::new(super::describe::names::layer(layer_id, s), args.dim, args.norm_eps);
+        let (wq, wk, wv, wo, w1, w2, w3) = (
+            linear(),
+            linear(),
+            linear(),
+            linear(),
+            linear(),
+            linear(),
+            linear(),
+        );
+        let norm = |s: &str| {
+            RmsNorm::new(
+                super::describe::names::layer(layer_id, s),
+                args.dim,
+                args.norm_eps,
+            )
+        };
         Self {
             layer_id,
             wq,
@@ -115,7 +140,9 @@ impl LlamaBlock {
     /// `(b, s, h*hd)` to head-major `(b, h, s, hd)`.
     fn to_heads(&self, x: &Tensor, heads: usize) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
-        Ok(x.reshape((b, s, heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+        Ok(x.reshape((b, s, heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?)
     }
 
     /// Head-major `(b, h, s, hd)` to `(b, s, h*hd)`.
@@ -128,7 +155,9 @@ impl LlamaBlock {
     fn rope_heads(&self, x: &Tensor, heads: usize, ctx: &LlamaCtx) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let x = x.reshape((b, s, heads, self.head_dim))?;
-        Ok(apply_rope(&x, &ctx.cos, &ctx.sin)?.transpose(1, 2)?.contiguous()?)
+        Ok(apply_rope(&x, &ctx.cos, &ctx.sin)?
+            .transpose(1, 2)?
+            .contiguous()?)
     }
 
     /// Gradient through `rope_heads`: head-major `(b, h, s, hd)` back to `(b, s, h*hd)`.
@@ -172,13 +201,20 @@ impl Block for LlamaBlock {
     type Ctx = LlamaCtx;
     type Saved = LlamaBlockSaved;
 
-    fn forward(&self, x: &Tensor, ctx: &LlamaCtx, mode: SaveMode) -> Result<(Tensor, LlamaBlockSaved)> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        ctx: &LlamaCtx,
+        mode: SaveMode,
+    ) -> Result<(Tensor, LlamaBlockSaved)> {
         // Attention branch.
         let (n1, rstd1) = self.attention_norm.forward(x)?;
         let q = self.rope_heads(&self.wq.forward(&n1)?, self.n_heads, ctx)?;
         let k = self.rope_heads(&self.wk.forward(&n1)?, self.n_kv_heads, ctx)?;
         let v = self.to_heads(&self.wv.forward(&n1)?, self.n_kv_heads)?;
-        let (o_heads, attn) = self.attention.forward(&q, &k, &v, &ctx.mask, self.scale())?;
+        let (o_heads, attn) = self
+            .attention
+            .forward(&q, &k, &v, &ctx.mask, self.scale())?;
         let o = Self::from_heads(&o_heads)?;
         let attn_out = self.wo.forward(&o)?;
         let h = (x + &attn_out)?;
@@ -222,12 +258,34 @@ impl Block for LlamaBlock {
         Ok((out, saved))
     }
 
-    fn backward(&mut self, saved: LlamaBlockSaved, d_out: &Tensor, ctx: &LlamaCtx) -> Result<Tensor> {
-        let LlamaBlockSaved { x, attn, a, b, attn_out, rstd1, n1, o, h, rstd2, n2, g } = saved;
+    fn backward(
+        &mut self,
+        saved: LlamaBlockSaved,
+        d_out: &Tensor,
+        ctx: &LlamaCtx,
+    ) -> Result<Tensor> {
+        let LlamaBlockSaved {
+            x,
+            attn,
+            a,
+            b,
+            attn_out,
+            rstd1,
+            n1,
+            o,
+            h,
+            rstd2,
+            n2,
+            g,
+        } = saved;
         // Rebuild what per-op checkpointing dropped (bitwise the same values: same ops, same inputs).
         let h = match h {
             Some(h) => h,
-            None => (&x + attn_out.as_ref().ok_or(Error::MissingSaved { module: "llama block (attn_out)" })?)?,
+            None => {
+                (&x + attn_out.as_ref().ok_or(Error::MissingSaved {
+                    module: "llama block (attn_out)",
+                })?)?
+            }
         };
         let (n2, rstd2) = match (n2, rstd2) {
             (Some(n), Some(r)) => (n, r),
@@ -252,7 +310,9 @@ impl Block for LlamaBlock {
         };
         let d_o = self.wo.backward(&o, &d_h)?;
         let d_o_heads = self.to_heads(&d_o, self.n_heads)?;
-        let (d_q, d_k, d_v) = self.attention.backward(&attn, &d_o_heads, &ctx.mask, self.scale())?;
+        let (d_q, d_k, d_v) =
+            self.attention
+                .backward(&attn, &d_o_heads, &ctx.mask, self.scale())?;
         drop(attn);
         let d_q = self.rope_heads_backward(&d_q, ctx)?;
         let d_k = self.rope_heads_backward(&d_k, ctx)?;
@@ -261,7 +321,8 @@ impl Block for LlamaBlock {
             (Some(n), Some(r)) => (n, r),
             _ => self.attention_norm.forward(&x)?,
         };
-        let d_n1 = ((self.wq.backward(&n1, &d_q)? + self.wk.backward(&n1, &d_k)?)? + self.wv.backward(&n1, &d_v)?)?;
+        let d_n1 = ((self.wq.backward(&n1, &d_q)? + self.wk.backward(&n1, &d_k)?)?
+            + self.wv.backward(&n1, &d_v)?)?;
         let d_x = (d_h + self.attention_norm.backward(&x, &rstd1, &d_n1)?)?;
         Ok(d_x)
     }

@@ -34,13 +34,41 @@ pub fn block_specs(args: &LlamaArgs, i: usize) -> Vec<ParamSpec> {
     let std_out = depth_init_std(args, i);
     let n = |s: &str| names::layer(i, s);
     vec![
-        ParamSpec::new(n("attention.wq.weight"), (hq * hd, d), Init::trunc_normal(0.02)),
-        ParamSpec::new(n("attention.wk.weight"), (hkv * hd, d), Init::trunc_normal(0.02)),
-        ParamSpec::new(n("attention.wv.weight"), (hkv * hd, d), Init::trunc_normal(0.02)),
-        ParamSpec::new(n("attention.wo.weight"), (d, hq * hd), Init::trunc_normal(std_out)),
-        ParamSpec::new(n("feed_forward.w1.weight"), (f, d), Init::trunc_normal(0.02)),
-        ParamSpec::new(n("feed_forward.w2.weight"), (d, f), Init::trunc_normal(std_out)),
-        ParamSpec::new(n("feed_forward.w3.weight"), (f, d), Init::trunc_normal(std_out)),
+        ParamSpec::new(
+            n("attention.wq.weight"),
+            (hq * hd, d),
+            Init::trunc_normal(0.02),
+        ),
+        ParamSpec::new(
+            n("attention.wk.weight"),
+            (hkv * hd, d),
+            Init::trunc_normal(0.02),
+        ),
+        ParamSpec::new(
+            n("attention.wv.weight"),
+            (hkv * hd, d),
+            Init::trunc_normal(0.02),
+        ),
+        ParamSpec::new(
+            n("attention.wo.weight"),
+            (d, hq * hd),
+            Init::trunc_normal(std_out),
+        ),
+        ParamSpec::new(
+            n("feed_forward.w1.weight"),
+            (f, d),
+            Init::trunc_normal(0.02),
+        ),
+        ParamSpec::new(
+            n("feed_forward.w2.weight"),
+            (d, f),
+            Init::trunc_normal(std_out),
+        ),
+        ParamSpec::new(
+            n("feed_forward.w3.weight"),
+            (f, d),
+            Init::trunc_normal(std_out),
+        ),
         ParamSpec::new(n("attention_norm.weight"), d, Init::Ones),
         ParamSpec::new(n("ffn_norm.weight"), d, Init::Ones),
     ]
@@ -48,13 +76,25 @@ pub fn block_specs(args: &LlamaArgs, i: usize) -> Vec<ParamSpec> {
 
 /// The embedding's spec: `N(0, 1)`.
 pub fn embedding_spec(args: &LlamaArgs) -> ParamSpec {
-    ParamSpec::new(names::TOK_EMBEDDINGS, (args.vocab_size, args.dim), Init::Normal { std: 1.0 })
+    ParamSpec::new(
+        names::TOK_EMBEDDINGS,
+        (args.vocab_size, args.dim),
+        Init::Normal { std: 1.0 },
+    )
 }
 
 /// The output projection's spec: trunc-normal with std `dim^-0.5`, cut at 3 std.
 pub fn output_spec(args: &LlamaArgs) -> ParamSpec {
     let std = (args.dim as f64).powf(-0.5);
-    ParamSpec::new(names::OUTPUT, (args.vocab_size, args.dim), Init::TruncNormal { std, a: -3.0 * std, b: 3.0 * std })
+    ParamSpec::new(
+        names::OUTPUT,
+        (args.vocab_size, args.dim),
+        Init::TruncNormal {
+            std,
+            a: -3.0 * std,
+            b: 3.0 * std,
+        },
+    )
 }
 
 /// The final norm's spec.
@@ -77,7 +117,10 @@ impl ModelDescription {
         }
         params.push(norm_spec(args));
         params.push(output_spec(args));
-        Self { args: args.clone(), params }
+        Self {
+            args: args.clone(),
+            params,
+        }
     }
 
     /// Total parameters.
@@ -101,7 +144,12 @@ impl ModelDescription {
     /// Bytes of activations one block saves per token for backward with every activation
     /// kept, `act_bytes` per element (2 for bf16, 4 for f32). `attn_probs` adds the naive
     /// kernel's `heads x seq` f32 probabilities per token; a flash kernel keeps one f32 per head.
-    pub fn block_activation_bytes_per_token(&self, act_bytes: usize, seq_len: usize, attn_probs: bool) -> u64 {
+    pub fn block_activation_bytes_per_token(
+        &self,
+        act_bytes: usize,
+        seq_len: usize,
+        attn_probs: bool,
+    ) -> u64 {
         let a = &self.args;
         let (d, f, kv) = (a.dim, a.ffn_hidden_dim(), a.n_kv_heads() * a.head_dim());
         // x, hn1, q, k, v, attention out, o (reshaped), h, hn2, w1 out, w3 out, gate.

@@ -41,7 +41,11 @@ pub fn weights_checksum(model: &Llama3) -> Result<u64> {
         for b in p.name().bytes() {
             h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
         }
-        let master = p.master().ok_or_else(|| titan_core::Error::NotMaterialized { name: p.name().into() })?;
+        let master = p
+            .master()
+            .ok_or_else(|| titan_core::Error::NotMaterialized {
+                name: p.name().into(),
+            })?;
         for v in master.flatten_all()?.to_vec1::<f32>()? {
             for b in v.to_bits().to_le_bytes() {
                 h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use titan_core::layered::{tensor_bytes, LayeredModel, SavedState};
 use titan_core::ops::{
-    cross_entropy_backward, cross_entropy_forward, AttentionKernel, CrossEntropySaved, Embedding, Linear, MaskKind,
-    NaiveAttention, RmsNorm, RopeTables,
+    cross_entropy_backward, cross_entropy_forward, AttentionKernel, CrossEntropySaved, Embedding,
+    Linear, MaskKind, NaiveAttention, RmsNorm, RopeTables,
 };
 use titan_core::{Module, Param, UnitId};
 
@@ -65,7 +65,10 @@ pub struct LlamaHeadSaved {
 
 impl SavedState for LlamaHeadSaved {
     fn bytes(&self) -> usize {
-        tensor_bytes(&self.h) + tensor_bytes(&self.rstd) + tensor_bytes(&self.normed) + self.ce.bytes()
+        tensor_bytes(&self.h)
+            + tensor_bytes(&self.rstd)
+            + tensor_bytes(&self.normed)
+            + self.ce.bytes()
     }
 }
 
@@ -97,7 +100,9 @@ impl Llama3 {
         Ok(Self {
             args: args.clone(),
             tok_embeddings: Embedding::new(emb.name, args.vocab_size, args.dim, emb.init),
-            layers: (0..args.n_layers).map(|i| LlamaBlock::new(args, i, attention.clone())).collect(),
+            layers: (0..args.n_layers)
+                .map(|i| LlamaBlock::new(args, i, attention.clone()))
+                .collect(),
             norm: RmsNorm::new(names::NORM, args.dim, args.norm_eps),
             output: Linear::new(out.name, args.dim, args.vocab_size, out.init),
             attention,
@@ -127,9 +132,20 @@ impl Llama3 {
     /// Build the RoPE tables for sequences up to `max_seq_len` and remember where and in
     /// what dtype the model computes. Parameters are materialized separately (see
     /// [`Llama3::init_weights`]), so a sharding strategy can own them instead.
-    pub fn set_device(&mut self, device: &Device, compute_dtype: DType, max_seq_len: usize) -> Result<()> {
+    pub fn set_device(
+        &mut self,
+        device: &Device,
+        compute_dtype: DType,
+        max_seq_len: usize,
+    ) -> Result<()> {
         let a = &self.args;
-        self.rope = Some(RopeTables::new(a.head_dim(), max_seq_len.min(a.max_seq_len), a.rope_theta, a.rope_scaling, device)?);
+        self.rope = Some(RopeTables::new(
+            a.head_dim(),
+            max_seq_len.min(a.max_seq_len),
+            a.rope_theta,
+            a.rope_scaling,
+            device,
+        )?);
         self.device = device.clone();
         self.compute_dtype = compute_dtype;
         Ok(())
@@ -155,7 +171,13 @@ impl Llama3 {
 
     /// Put a host batch on the device: `tokens` row-major `(batch, seq)`, optional per-token
     /// positions. Token ids are checked against the vocabulary here, on the host.
-    pub fn make_batch(&self, tokens: &[u32], batch: usize, seq: usize, positions: Option<&[u32]>) -> Result<TokenBatch> {
+    pub fn make_batch(
+        &self,
+        tokens: &[u32],
+        batch: usize,
+        seq: usize,
+        positions: Option<&[u32]>,
+    ) -> Result<TokenBatch> {
         if tokens.len() != batch * seq {
             return Err(Error::Core(titan_core::Error::BadInput(format!(
                 "{} tokens do not fill a ({batch}, {seq}) batch",
@@ -165,7 +187,12 @@ impl Llama3 {
         let vocab = self.args.vocab_size;
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
             let max = tokens.iter().copied().max().unwrap_or(id);
-            return Err(titan_core::Error::TokenOutOfRange { id, vocab_size: vocab, min_vocab: max as u64 + 1 }.into());
+            return Err(titan_core::Error::TokenOutOfRange {
+                id,
+                vocab_size: vocab,
+                min_vocab: max as u64 + 1,
+            }
+            .into());
         }
         let t = Tensor::from_slice(tokens, (batch, seq), &self.device)?;
         let positions = match positions {
@@ -188,7 +215,11 @@ impl Llama3 {
                 Some(Tensor::from_vec(ids, (batch, seq), &self.device)?)
             }
         };
-        Ok(TokenBatch { tokens: t, positions, doc_ids })
+        Ok(TokenBatch {
+            tokens: t,
+            positions,
+            doc_ids,
+        })
     }
 
     /// Labels `(batch * seq,)` as an i64 tensor on the device (`-100` = ignored).
@@ -210,7 +241,10 @@ impl Llama3 {
 
     fn rope(&self) -> titan_core::Result<&RopeTables> {
         self.rope.as_ref().ok_or_else(|| {
-            titan_core::Error::Msg("llama3: call set_device() before running the model (RoPE tables are missing)".into())
+            titan_core::Error::Msg(
+                "llama3: call set_device() before running the model (RoPE tables are missing)"
+                    .into(),
+            )
         })
     }
 }
@@ -247,7 +281,9 @@ impl LayeredModel for Llama3 {
         let (b, s) = input.tokens.dims2()?;
         let (cos, sin) = self.rope()?.select(s, input.positions.as_ref())?;
         let kind = match &input.doc_ids {
-            Some(doc_ids) => MaskKind::BlockCausal { doc_ids: doc_ids.clone() },
+            Some(doc_ids) => MaskKind::BlockCausal {
+                doc_ids: doc_ids.clone(),
+            },
             None => MaskKind::Causal,
         };
         let mask = self.attention.prepare_mask(&kind, b, s, &self.device)?;
@@ -256,7 +292,12 @@ impl LayeredModel for Llama3 {
 
     fn stem_forward(&self, input: &TokenBatch) -> titan_core::Result<(Tensor, LlamaStemSaved)> {
         let h = self.tok_embeddings.forward(&input.tokens)?;
-        Ok((h, LlamaStemSaved { tokens: input.tokens.clone() }))
+        Ok((
+            h,
+            LlamaStemSaved {
+                tokens: input.tokens.clone(),
+            },
+        ))
     }
 
     fn stem_backward(&mut self, saved: LlamaStemSaved, d_h: &Tensor) -> titan_core::Result<()> {
@@ -270,17 +311,35 @@ impl LayeredModel for Llama3 {
         &mut self.layers
     }
 
-    fn head_forward(&self, h: &Tensor, labels: &Tensor, loss_scale: f64) -> titan_core::Result<(Tensor, LlamaHeadSaved)> {
+    fn head_forward(
+        &self,
+        h: &Tensor,
+        labels: &Tensor,
+        loss_scale: f64,
+    ) -> titan_core::Result<(Tensor, LlamaHeadSaved)> {
         let (normed, rstd) = self.norm.forward(h)?;
         let logits = self.output.forward(&normed)?;
         let v = logits.dim(candle_core::D::Minus1)?;
         let rows = logits.elem_count() / v;
         let (loss, ce) = cross_entropy_forward(&logits.reshape((rows, v))?, labels, loss_scale)?;
-        Ok((loss, LlamaHeadSaved { h: h.clone(), rstd, normed, ce }))
+        Ok((
+            loss,
+            LlamaHeadSaved {
+                h: h.clone(),
+                rstd,
+                normed,
+                ce,
+            },
+        ))
     }
 
     fn head_backward(&mut self, saved: LlamaHeadSaved) -> titan_core::Result<Tensor> {
-        let LlamaHeadSaved { h, rstd, normed, ce } = saved;
+        let LlamaHeadSaved {
+            h,
+            rstd,
+            normed,
+            ce,
+        } = saved;
         let d_logits = cross_entropy_backward(&ce)?;
         drop(ce);
         let (b, s, _) = h.dims3()?;
@@ -292,7 +351,11 @@ impl LayeredModel for Llama3 {
     fn unit_params_mut(&mut self, unit: UnitId) -> Vec<&mut Param> {
         match unit {
             UnitId::Stem => vec![&mut self.tok_embeddings.weight],
-            UnitId::Block(i) => self.layers.get_mut(i).map(|l| l.params_mut()).unwrap_or_default(),
+            UnitId::Block(i) => self
+                .layers
+                .get_mut(i)
+                .map(|l| l.params_mut())
+                .unwrap_or_default(),
             UnitId::Head => vec![&mut self.norm.weight, &mut self.output.weight],
         }
     }
