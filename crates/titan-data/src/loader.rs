@@ -269,3 +269,14 @@ impl DataLoader {
         &self.plan.dataset
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::DataLoader;
+
+    #[test]
+    fn loader_can_move_to_another_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<DataLoader>();
+    }
+}
