@@ -84,6 +84,37 @@ pub fn sgd(params: &mut [&mut Param]) {
     }
 }
 
+/// Which optimizer a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opt {
+    Sgd,
+    /// titan-optim's AdamW (torchtitan defaults, lr 1e-2), unchanged.
+    AdamW,
+}
+
+/// An optimizer of either kind.
+pub enum Stepper {
+    Sgd,
+    AdamW(titan_optim::Optimizer),
+}
+
+impl Stepper {
+    pub fn new(opt: Opt) -> Self {
+        match opt {
+            Opt::Sgd => Stepper::Sgd,
+            Opt::AdamW => Stepper::AdamW(
+                titan_optim::Optimizer::new(titan_optim::AdamWConfig::adamw()).unwrap(),
+            ),
+        }
+    }
+    pub fn step(&mut self, params: &mut [&mut Param]) {
+        match self {
+            Stepper::Sgd => sgd(params),
+            Stepper::AdamW(o) => o.step(params, 1e-2).unwrap(),
+        }
+    }
+}
+
 pub struct Run {
     pub losses: Vec<f64>,
     pub norms: Vec<f64>,
@@ -93,6 +124,12 @@ pub struct Run {
 
 /// The single-process reference: the whole global batch in one microbatch, no hooks.
 pub fn reference(max_norm: f64) -> Run {
+    reference_with(max_norm, Opt::Sgd)
+}
+
+/// The single-process reference with optimizer `opt`.
+pub fn reference_with(max_norm: f64, opt: Opt) -> Run {
+    let mut stepper = Stepper::new(opt);
     let mut model = new_model(DType::F32);
     model.init_weights(SEED).unwrap();
     let exec = Executor::new(ActivationCheckpoint::None);
@@ -113,7 +150,7 @@ pub fn reference(max_norm: f64) -> Run {
             .unwrap();
         losses.push(scalar(&r.loss));
         norms.push(clip_grad_norm_distributed(&mut model.params_mut(), max_norm, &[]).unwrap());
-        sgd(&mut model.params_mut());
+        stepper.step(&mut model.params_mut());
         model.refresh_compute().unwrap();
         for p in model.params_mut() {
             p.zero_grad();
@@ -139,6 +176,7 @@ pub struct Layout {
     /// Microbatches per rank per step (gradient accumulation).
     pub accum: usize,
     pub max_norm: f64,
+    pub opt: Opt,
     pub param_dtype: DType,
     pub reshard: ReshardAfterForward,
     pub ac: ActivationCheckpoint,
@@ -152,6 +190,7 @@ impl Layout {
             world,
             accum: 1,
             max_norm: 1.0,
+            opt: Opt::Sgd,
             param_dtype: DType::F32,
             reshard: ReshardAfterForward::Default,
             ac: ActivationCheckpoint::None,
@@ -191,6 +230,7 @@ pub fn train_rank(world: Group, layout: Layout) -> (Run, &'static str, usize) {
     );
     let per_mb = per_rank / layout.accum;
     let first = mesh.dp_rank() * per_rank;
+    let mut stepper = Stepper::new(layout.opt);
     let exec = Executor::new(layout.ac);
     let (mut losses, mut norms) = (Vec::new(), Vec::new());
     for step in 0..STEPS {
@@ -229,7 +269,7 @@ pub fn train_rank(world: Group, layout: Layout) -> (Run, &'static str, usize) {
         }
         losses.push(sum_f64(mesh.loss().as_ref(), local_loss).unwrap());
         norms.push(dp.clip_grad_norm(&mut model, layout.max_norm).unwrap());
-        sgd(&mut dp.optimizer_params(&mut model));
+        stepper.step(&mut dp.optimizer_params(&mut model));
         dp.after_optimizer_step(&mut model, layout.param_dtype)
             .unwrap();
     }
@@ -287,7 +327,7 @@ pub fn check_ranks_agree(runs: &[(Run, &'static str, usize)]) {
 }
 
 pub fn check_matches_reference(layout: Layout, kind: &str) -> Vec<(Run, &'static str, usize)> {
-    let reference = reference(layout.max_norm);
+    let reference = reference_with(layout.max_norm, layout.opt);
     let runs = train(layout);
     assert_eq!(runs[0].1, kind);
     check_ranks_agree(&runs);
