@@ -87,7 +87,16 @@ impl ParallelDims {
                 "world size 0: a job needs at least one rank".into(),
             ));
         }
-        let others = dp_replicate * cp * tp * pp;
+        let too_big = || {
+            Error::Config(format!(
+                "parallelism degrees dp_replicate({dp_replicate}) * dp_shard({dp_shard}) * cp({cp}) * tp({tp}) * pp({pp}) \
+                 overflow: they must multiply to WORLD_SIZE({world_size})"
+            ))
+        };
+        let others = [cp, tp, pp]
+            .into_iter()
+            .try_fold(dp_replicate, |acc, d| acc.checked_mul(d))
+            .ok_or_else(too_big)?;
         let dp_shard = match dp_shard {
             -1 => {
                 if world_size % others != 0 {
@@ -106,7 +115,7 @@ impl ParallelDims {
                 )))
             }
         };
-        let product = others * dp_shard;
+        let product = others.checked_mul(dp_shard).ok_or_else(too_big)?;
         if product != world_size {
             return Err(Error::Config(format!(
                 "invalid parallel dims: dp_replicate({dp_replicate}) * dp_shard({dp_shard}) * cp({cp}) * tp({tp}) * pp({pp}) \
