@@ -127,6 +127,10 @@ pub fn restore<M: TrainableModel, S: Strategy<M>>(
             .first()
             .and_then(|p| p.master().map(|m| m.device().clone()))
             .unwrap_or(candle_core::Device::Cpu);
+        // Rank 0 wrote the step counts of every parameter; this rank restores those it holds.
+        let held: std::collections::HashSet<&str> = local.iter().map(|(n, _)| n.as_str()).collect();
+        let mut meta = meta;
+        meta.steps.retain(|fqn, _| held.contains(fqn.as_str()));
         for fqn in meta.steps.keys() {
             for (which, key) in [
                 ("exp_avg", titan_optim::state::exp_avg_key(fqn)),
@@ -145,7 +149,19 @@ pub fn restore<M: TrainableModel, S: Strategy<M>>(
         lr_scheduler.load_state(from_json("lr_scheduler", &blobs[keys::LR_SCHEDULER])?);
     }
     let dl_key = keys::dataloader(strategy.dp_rank());
-    if has(&dl_key) {
+    let saved_dp = blobs
+        .get(&dl_key)
+        .and_then(|v| v.get("dp_world_size"))
+        .and_then(|v| v.as_u64());
+    if saved_dp.is_some_and(|n| n as usize != strategy.dp_world_size()) {
+        // A data stream split N ways cannot continue split M ways; the model, optimizer and
+        // schedule are resharded, the data restarts on the new split.
+        tracing::warn!(
+            "the checkpoint's data loader state is for {} data-parallel ranks, this run has {}: the data starts from the beginning of this rank's new shard",
+            saved_dp.unwrap_or(0),
+            strategy.dp_world_size()
+        );
+    } else if has(&dl_key) {
         data.load_state(&blobs[&dl_key])?;
     } else if has(keys::TRAIN_STATE) && !skipped.iter().any(|s| s == keys::DATALOADER) {
         tracing::warn!("the checkpoint has no data loader state for data-parallel rank {}: its data starts from the beginning", strategy.dp_rank());

@@ -22,6 +22,7 @@ pub mod error;
 pub mod estimate;
 pub mod llama;
 pub mod model;
+pub mod parallel;
 pub mod spec;
 pub mod strategy;
 pub mod train;
@@ -98,6 +99,13 @@ pub fn run(registry: &Registry, cfg: &JobConfig, ctx: &RunContext) -> Result<Opt
         return Ok(None);
     }
     spec.train(cfg, ctx).map(Some)
+}
+
+/// Whether this process was launched as one rank of several (torchrun or Slurm variables).
+pub fn is_distributed_launch() -> bool {
+    titan_parallel::DistEnv::from_env()
+        .map(|e| e.is_distributed())
+        .unwrap_or(false)
 }
 
 /// A whole command-line program: parse `args` (`--help`, `--job.config_file`, overrides),

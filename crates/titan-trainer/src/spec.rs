@@ -161,7 +161,15 @@ pub trait RunSpec: Send + Sync {
 
 impl<M: TrainableModel + 'static> RunSpec for TrainSpec<M> {
     fn train(&self, cfg: &JobConfig, ctx: &crate::RunContext) -> Result<crate::TrainOutcome> {
-        crate::train::train(self, cfg, ctx)
+        let dp_degrees = cfg.parallelism.data_parallel_replicate_degree > 1
+            || cfg.parallelism.data_parallel_shard_degree > 1;
+        if crate::is_distributed_launch() || dp_degrees {
+            let (_env, world) = crate::parallel::world_from_env(cfg)?;
+            let mut strategy = crate::parallel::DataParallelStrategy::new(world, cfg)?;
+            crate::train::train_with(self, cfg, ctx, &mut strategy)
+        } else {
+            crate::train::train(self, cfg, ctx)
+        }
     }
     fn estimate_memory(&self, cfg: &JobConfig) -> Result<crate::estimate::MemoryEstimate> {
         crate::estimate::estimate(self, cfg)

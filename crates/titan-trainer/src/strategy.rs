@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 use titan_checkpoint::{ShardedTensor, TensorRequest};
 use titan_core::{BlockHooks, NoHooks, Param};
 
@@ -19,6 +19,8 @@ pub struct ShardLayout {
     pub start: usize,
     /// Rows held locally.
     pub len: usize,
+    /// Whether this rank writes this piece to checkpoints (one replica of each piece does).
+    pub writes: bool,
 }
 
 /// A data-parallel strategy as the training loop sees it.
@@ -34,8 +36,15 @@ pub trait Strategy<M: TrainableModel>: Send {
     /// Sum / max of a scalar over the data-parallel ranks (token counts, losses).
     fn all_reduce_sum(&mut self, v: f64) -> Result<f64>;
     fn all_reduce_max(&mut self, v: f64) -> Result<f64>;
-    /// Draw initial weights (each rank its own part).
-    fn init_weights(&mut self, model: &mut M, seed: u64) -> Result<()>;
+    /// Draw initial weights (each rank its own part) on `device`, compute copies in
+    /// `compute_dtype`. The model is shape-only before this call.
+    fn init_weights(
+        &mut self,
+        model: &mut M,
+        seed: u64,
+        device: &Device,
+        compute_dtype: DType,
+    ) -> Result<()>;
     /// The parameters the optimizer steps on (full parameters, or this rank's shards).
     fn optimizer_params<'a>(&'a mut self, model: &'a mut M) -> Vec<&'a mut Param>;
     /// Squared L2 norm of all gradients across every rank (no double counting of replicas).
@@ -76,7 +85,13 @@ impl<M: TrainableModel> Strategy<M> for SingleDevice {
     fn all_reduce_max(&mut self, v: f64) -> Result<f64> {
         Ok(v)
     }
-    fn init_weights(&mut self, model: &mut M, seed: u64) -> Result<()> {
+    fn init_weights(
+        &mut self,
+        model: &mut M,
+        seed: u64,
+        _device: &Device,
+        _compute_dtype: DType,
+    ) -> Result<()> {
         model.init_weights(seed)
     }
     fn optimizer_params<'a>(&'a mut self, model: &'a mut M) -> Vec<&'a mut Param> {
@@ -103,6 +118,7 @@ impl<M: TrainableModel> Strategy<M> for SingleDevice {
                     start: 0,
                     len: dims.first().copied().unwrap_or(1),
                     global_shape: dims,
+                    writes: true,
                 }
             })
     }
@@ -119,6 +135,7 @@ pub(crate) fn sharded_entries<M: TrainableModel, S: Strategy<M> + ?Sized>(
 ) -> Vec<ShardedTensor> {
     tensors
         .into_iter()
+        .filter(|(_, fqn, _)| strategy.layout(model, fqn).is_none_or(|l| l.writes))
         .map(|(key, fqn, t)| match strategy.layout(model, &fqn) {
             Some(l) if l.global_shape.first() != Some(&l.len) => {
                 ShardedTensor::dim0(key, l.global_shape, l.start, t)

@@ -111,7 +111,7 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
         device.compute_dtype,
         seq_len.max(cfg.validation.seq_len),
     )?;
-    strategy.init_weights(&mut model, seed)?;
+    strategy.init_weights(&mut model, seed, &device.device, device.compute_dtype)?;
     let act_bytes = device.compute_dtype.size_in_bytes();
     let mut summary = model.summary(seq_len, act_bytes);
     summary.flavor = cfg.model.flavor.clone();
@@ -222,7 +222,7 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
         save(
             ck,
             strategy,
-            &model,
+            &mut model,
             &optimizer,
             &lr_scheduler,
             data.as_ref(),
@@ -374,7 +374,7 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
                 save(
                     ck,
                     strategy,
-                    &model,
+                    &mut model,
                     &optimizer,
                     &lr_scheduler,
                     data.as_ref(),
@@ -450,7 +450,7 @@ fn validate<M: TrainableModel + 'static, S: Strategy<M>>(
 pub(crate) fn save<M: TrainableModel, S: Strategy<M>>(
     ck: &mut Checkpointer,
     strategy: &mut S,
-    model: &M,
+    model: &mut M,
     optimizer: &Optimizer,
     lr_scheduler: &LrScheduler,
     data: &dyn BatchSource,
@@ -461,14 +461,16 @@ pub(crate) fn save<M: TrainableModel, S: Strategy<M>>(
     let mut req = SaveRequest::single(state.step, last_step);
     req.rank = strategy.rank();
     req.world_size = strategy.world_size();
-    let model_tensors: Vec<(String, String, candle_core::Tensor)> = model
-        .params()
+    // The masters this rank holds: whole parameters, or its shards under FSDP.
+    let model_tensors: Vec<(String, String, candle_core::Tensor)> = strategy
+        .optimizer_params(model)
         .iter()
         .filter_map(|p| {
             p.master()
                 .map(|m| (keys::model(p.name()), p.name().to_string(), m.clone()))
         })
         .collect();
+    let model: &M = model;
     req.tensors = sharded_entries(strategy, model, model_tensors);
     if !model_only {
         let OptimizerState { tensors, meta } = optimizer.state_dict();
@@ -482,13 +484,16 @@ pub(crate) fn save<M: TrainableModel, S: Strategy<M>>(
             opt_tensors.collect::<Vec<_>>(),
         ));
         let mut blobs = BTreeMap::new();
-        blobs.insert(keys::OPTIMIZER.to_string(), to_json(&meta)?);
-        blobs.insert(
-            keys::LR_SCHEDULER.to_string(),
-            to_json(&lr_scheduler.state())?,
-        );
+        // Shared state once (rank 0); every data-parallel rank its own loader position.
+        if strategy.rank() == 0 {
+            blobs.insert(keys::OPTIMIZER.to_string(), to_json(&meta)?);
+            blobs.insert(
+                keys::LR_SCHEDULER.to_string(),
+                to_json(&lr_scheduler.state())?,
+            );
+            blobs.insert(keys::TRAIN_STATE.to_string(), to_json(&state)?);
+        }
         blobs.insert(keys::dataloader(strategy.dp_rank()), data.state()?);
-        blobs.insert(keys::TRAIN_STATE.to_string(), to_json(&state)?);
         req.blobs = blobs;
     }
     ck.save(req)?;
