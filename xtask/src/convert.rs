@@ -71,7 +71,7 @@ pub fn convert_cmd(args: &[String]) -> Result<(), String> {
             let tokenizer = titan_trainer::spec::default_tokenizer(&cfg).map_err(|e| e.to_string())?;
             // The model arguments as training built them (vocabulary from the tokenizer).
             let spec = titan_trainer::llama::llama3_spec();
-            let model = (spec.build_model)(&cfg, &tokenizer).map_err(|e| e.to_string())?;
+            let model = (spec.build_model)(&cfg, Some(&tokenizer)).map_err(|e| e.to_string())?;
             let adapter = titan_trainer::llama::hf_adapter(&model.args).map_err(|e| e.to_string())?;
             let opts = HfExportOptions { dtype: a.dtype, ..Default::default() };
             export_checkpoint(&a.input, &adapter, &a.output, &opts).map_err(|e| e.to_string())?;

@@ -77,8 +77,18 @@ impl std::fmt::Display for MemoryEstimate {
 
 /// Estimate from the config's model, batch, device dtype and checkpointing.
 pub fn estimate<M: TrainableModel>(spec: &TrainSpec<M>, cfg: &JobConfig) -> Result<MemoryEstimate> {
-    let tokenizer = (spec.build_tokenizer)(cfg)?;
-    let model = (spec.build_model)(cfg, &tokenizer)?;
+    // The tokenizer only refines the vocabulary size; an estimate for a model whose files are
+    // not on this machine uses the flavor's.
+    let tokenizer = match (spec.build_tokenizer)(cfg) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::info!(
+                "estimating without a tokenizer ({e}): using the flavor's vocabulary size"
+            );
+            None
+        }
+    };
+    let model = (spec.build_model)(cfg, tokenizer.as_deref())?;
     let cuda = !matches!(cfg.training.device, titan_config::Device::Cpu);
     let act = if cuda && cfg.training.mixed_precision_param == titan_config::FloatDtype::Bfloat16 {
         2

@@ -111,13 +111,16 @@ impl TrainableModel for Llama3 {
 pub fn llama3_spec() -> crate::TrainSpec<Llama3> {
     crate::TrainSpec::new(
         "llama3",
-        |cfg: &JobConfig, tokenizer: &titan_data::Tokenizer| {
+        |cfg: &JobConfig, tokenizer: Option<&titan_data::Tokenizer>| {
             let mut args = llama_args(cfg)?;
-            if cfg.model.vocab_size.is_none() {
-                args.vocab_size = tokenizer.vocab_size();
-            }
-            if let Some(eos) = tokenizer.eos_id() {
-                args.eos_id = eos;
+            // Without a tokenizer (shape-only estimates) the flavor's vocabulary stands.
+            if let Some(tokenizer) = tokenizer {
+                if cfg.model.vocab_size.is_none() {
+                    args.vocab_size = tokenizer.vocab_size();
+                }
+                if let Some(eos) = tokenizer.eos_id() {
+                    args.eos_id = eos;
+                }
             }
             if cfg.model.max_seq_len.is_none() {
                 args.max_seq_len = cfg.training.seq_len.max(cfg.validation.seq_len);

@@ -12,7 +12,7 @@ use crate::data::{default_batch_source, BatchSource, DataRequest};
 use crate::model::TrainableModel;
 use crate::{Error, Result};
 
-type BuildModel<M> = dyn Fn(&JobConfig, &Tokenizer) -> Result<M> + Send + Sync;
+type BuildModel<M> = dyn Fn(&JobConfig, Option<&Tokenizer>) -> Result<M> + Send + Sync;
 type BuildData = dyn Fn(&DataRequest<'_>) -> Result<Box<dyn BatchSource>> + Send + Sync;
 type BuildTokenizer = dyn Fn(&JobConfig) -> Result<Arc<Tokenizer>> + Send + Sync;
 type BuildOptimizer = dyn Fn(&JobConfig) -> Result<Optimizer> + Send + Sync;
@@ -47,10 +47,11 @@ impl<M: TrainableModel> Clone for TrainSpec<M> {
 
 impl<M: TrainableModel> TrainSpec<M> {
     /// A spec with Titan's default components around `build_model`, which receives the
-    /// config and the tokenizer (models take their vocabulary size and EOS id from it).
+    /// config and the tokenizer (models take their vocabulary size and EOS id from it; `None`
+    /// for shape-only uses such as memory estimates, where the flavor's vocabulary stands).
     pub fn new(
         name: impl Into<String>,
-        build_model: impl Fn(&JobConfig, &Tokenizer) -> Result<M> + Send + Sync + 'static,
+        build_model: impl Fn(&JobConfig, Option<&Tokenizer>) -> Result<M> + Send + Sync + 'static,
     ) -> Self {
         Self {
             name: name.into(),

@@ -105,7 +105,7 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
 
     // Tokenizer, model (shape-only first), weights.
     let tokenizer = (spec.build_tokenizer)(cfg)?;
-    let mut model = (spec.build_model)(cfg, &tokenizer)?;
+    let mut model = (spec.build_model)(cfg, Some(&tokenizer))?;
     model.prepare(
         &device.device,
         device.compute_dtype,

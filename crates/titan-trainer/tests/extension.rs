@@ -45,7 +45,7 @@ impl BatchSource for Pattern {
 fn custom_model_and_data_loader_train_through_the_registry() {
     let spec = TrainSpec::new(
         "tiny_llama",
-        |_cfg: &JobConfig, _tok: &titan_data::Tokenizer| {
+        |_cfg: &JobConfig, _tok: Option<&titan_data::Tokenizer>| {
             let args = LlamaArgs {
                 dim: 32,
                 n_layers: 1,
