@@ -129,6 +129,10 @@ pub fn llama3_spec() -> crate::TrainSpec<Llama3> {
             Ok(Llama3::new(&args)?)
         },
     )
+    .with_hf_adapter(|m: &Llama3| {
+        Ok(std::sync::Arc::new(hf_adapter(&m.args)?)
+            as std::sync::Arc<dyn titan_checkpoint::StateDictAdapter>)
+    })
 }
 
 /// The Hugging Face state-dict adapter for these Llama arguments (key map and the q/k

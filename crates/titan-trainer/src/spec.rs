@@ -18,6 +18,8 @@ type BuildTokenizer = dyn Fn(&JobConfig) -> Result<Arc<Tokenizer>> + Send + Sync
 type BuildOptimizer = dyn Fn(&JobConfig) -> Result<Optimizer> + Send + Sync;
 type BuildLrScheduler = dyn Fn(&JobConfig) -> Result<LrScheduler> + Send + Sync;
 type BuildDatasets = dyn Fn() -> DatasetRegistry + Send + Sync;
+type BuildHfAdapter<M> =
+    dyn Fn(&M) -> Result<Arc<dyn titan_checkpoint::StateDictAdapter>> + Send + Sync;
 
 /// How to build each component of a run for model type `M`. Every builder but the model's
 /// has a default; replace any of them with the `with_*` methods.
@@ -29,6 +31,8 @@ pub struct TrainSpec<M: TrainableModel> {
     pub build_data: Arc<BuildData>,
     pub build_optimizer: Arc<BuildOptimizer>,
     pub build_lr_scheduler: Arc<BuildLrScheduler>,
+    /// Hugging Face key map of the model (for `initial_load_in_hf`, `last_save_in_hf`).
+    pub hf_adapter: Option<Arc<BuildHfAdapter<M>>>,
 }
 
 impl<M: TrainableModel> Clone for TrainSpec<M> {
@@ -41,6 +45,7 @@ impl<M: TrainableModel> Clone for TrainSpec<M> {
             build_data: self.build_data.clone(),
             build_optimizer: self.build_optimizer.clone(),
             build_lr_scheduler: self.build_lr_scheduler.clone(),
+            hf_adapter: self.hf_adapter.clone(),
         }
     }
 }
@@ -61,7 +66,17 @@ impl<M: TrainableModel> TrainSpec<M> {
             build_data: Arc::new(default_batch_source),
             build_optimizer: Arc::new(default_optimizer),
             build_lr_scheduler: Arc::new(default_lr_scheduler),
+            hf_adapter: None,
         }
+    }
+
+    /// Give the model's Hugging Face state-dict adapter (enables HF import and export).
+    pub fn with_hf_adapter(
+        mut self,
+        f: impl Fn(&M) -> Result<Arc<dyn titan_checkpoint::StateDictAdapter>> + Send + Sync + 'static,
+    ) -> Self {
+        self.hf_adapter = Some(Arc::new(f));
+        self
     }
 
     /// Replace the data loader.

@@ -190,6 +190,9 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
     } else {
         None
     };
+    if let (Some(ck), Some(adapter)) = (checkpointer.as_mut(), spec.hf_adapter.as_ref()) {
+        ck.set_hf_adapter(adapter(&model)?);
+    }
     let mut state = TrainState {
         step: 0,
         tokens_seen: 0,
