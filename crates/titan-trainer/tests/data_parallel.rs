@@ -6,40 +6,16 @@ use std::time::Duration;
 use titan_trainer::parallel::DataParallelStrategy;
 use titan_trainer::{llama::llama3_spec, train::train_with, JobConfig, RunContext, TrainOutcome};
 
+mod common;
+
 fn cfg(dump: &std::path::Path, steps: usize, extra: &[&str]) -> JobConfig {
-    let mut args: Vec<String> = [
-        "--model.dim",
-        "64",
-        "--model.n_layers",
-        "2",
-        "--model.n_heads",
-        "4",
-        "--training.seq_len",
-        "32",
-        "--training.local_batch_size",
-        "2",
-        "--lr_scheduler.warmup_steps",
-        "2",
-        "--validation.enable=false",
-        "--checkpoint.enable",
+    let mut all = vec![
         "--checkpoint.interval",
         "2",
         "--checkpoint.last_save_model_only=false",
-        "--metrics.enable_plot=false",
-        "--metrics.log_freq",
-        "1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend([
-        "--training.steps".into(),
-        steps.to_string(),
-        "--job.dump_folder".into(),
-        dump.display().to_string(),
-    ]);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    JobConfig::load(None, &args).unwrap()
+    ];
+    all.extend_from_slice(extra);
+    common::tiny_config(dump, steps, &all)
 }
 
 fn run_ranks(n: usize, cfg: &JobConfig) -> Vec<TrainOutcome> {

@@ -3,36 +3,12 @@
 
 use titan_trainer::{run, JobConfig, Registry, RunContext};
 
+mod common;
+
 fn cfg(dump: &std::path::Path, steps: &str, extra: &[&str]) -> JobConfig {
-    let mut args: Vec<String> = [
-        "--model.dim",
-        "64",
-        "--model.n_layers",
-        "2",
-        "--model.n_heads",
-        "4",
-        "--model.n_kv_heads",
-        "2",
-        "--training.seq_len",
-        "32",
-        "--training.local_batch_size",
-        "2",
-        "--validation.enable=false",
-        "--metrics.enable_plot=false",
-        "--checkpoint.enable",
-        "--optimizer.lr",
-        "3e-3",
-        "--lr_scheduler.warmup_steps",
-        "1",
-        "--job.dump_folder",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.push(dump.display().to_string());
-    args.extend(["--training.steps".to_string(), steps.to_string()]);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    JobConfig::load(None, &args).unwrap()
+    let mut all = vec!["--optimizer.lr", "3e-3", "--lr_scheduler.warmup_steps", "1"];
+    all.extend_from_slice(extra);
+    common::tiny_config(dump, steps.parse().unwrap(), &all)
 }
 
 #[test]

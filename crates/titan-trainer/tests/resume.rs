@@ -4,42 +4,16 @@
 use titan_checkpoint::{keys, Checkpointer};
 use titan_trainer::{run, JobConfig, Registry, RunContext};
 
+mod common;
+
 fn tiny(dump: &std::path::Path, steps: usize, extra: &[&str]) -> JobConfig {
-    let mut args: Vec<String> = [
-        "--model.dim",
-        "64",
-        "--model.n_layers",
-        "2",
-        "--model.n_heads",
-        "4",
-        "--model.n_kv_heads",
-        "2",
-        "--training.seq_len",
-        "32",
-        "--training.local_batch_size",
-        "2",
-        "--lr_scheduler.warmup_steps",
-        "2",
-        "--metrics.log_freq",
-        "1",
-        "--validation.enable=false",
-        "--checkpoint.enable",
+    let mut all = vec![
         "--checkpoint.interval",
         "3",
         "--checkpoint.last_save_model_only=false",
-        "--metrics.enable_plot=false",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend([
-        "--training.steps".into(),
-        steps.to_string(),
-        "--job.dump_folder".into(),
-        dump.display().to_string(),
-    ]);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    JobConfig::load(None, &args).unwrap()
+    ];
+    all.extend_from_slice(extra);
+    common::tiny_config(dump, steps, &all)
 }
 
 fn final_weights(
