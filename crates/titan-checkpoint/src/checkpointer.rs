@@ -74,7 +74,8 @@ impl Checkpointer {
         self.hf_adapter = Some(adapter);
     }
 
-    /// Never draw progress bars (for tests and non-primary ranks).
+    /// Whether foreground work may draw progress bars (default true; pass false on ranks
+    /// other than 0, and in tests).
     pub fn set_interactive(&mut self, interactive: bool) {
         self.interactive = interactive;
     }
@@ -117,7 +118,11 @@ impl Checkpointer {
         self.wait()?;
         let step = req.step;
         let model_only = self.is_model_only_save(step, req.last_step);
-        let hf_adapter = if model_only && self.cfg.last_save_in_hf {
+        // Only the process that finalizes exports (rank 0, or the single process).
+        let hf_adapter = if model_only
+            && self.cfg.last_save_in_hf
+            && (req.rank == 0 || req.world_size == 1)
+        {
             match &self.hf_adapter {
                 Some(a) => Some(a.clone()),
                 None => {

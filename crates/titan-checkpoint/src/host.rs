@@ -61,9 +61,10 @@ pub fn parse_dtype_name(s: &str) -> Option<DType> {
 }
 
 fn le_bytes<T: Copy, const N: usize>(values: &[T], to_le: impl Fn(T) -> [u8; N]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(values.len() * N);
-    for &v in values {
-        out.extend_from_slice(&to_le(v));
+    // Fixed-size chunks let the compiler turn this into a plain copy on little-endian hosts.
+    let mut out = vec![0u8; values.len() * N];
+    for (dst, &v) in out.chunks_exact_mut(N).zip(values) {
+        dst.copy_from_slice(&to_le(v));
     }
     out
 }

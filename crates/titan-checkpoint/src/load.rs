@@ -181,7 +181,7 @@ impl<'a> ShardReader<'a> {
         let dtype = index.dtype_of(&req.name, entry)?;
         let elem = dtype.size_in_bytes();
         let want = req.region();
-        let mut dst = vec![0u8; want.volume() * elem];
+        let mut dst = Vec::new();
         let mut covered = 0usize;
         // Identical replicas saved by several ranks: read one.
         let mut done_regions = Vec::new();
@@ -226,9 +226,16 @@ impl<'a> ShardReader<'a> {
                     got,
                 });
             }
+            progress.advance(bytes.len() as u64);
+            if have == want {
+                // Same layout as saved: the shard is the answer, no copy.
+                return tensor_from_le_bytes(&bytes, dtype, &req.shape);
+            }
+            if dst.is_empty() {
+                dst = vec![0u8; want.volume() * elem];
+            }
             copy_part(&bytes, &have, &mut dst, &want, &part, elem);
             covered += part.volume();
-            progress.advance(bytes.len() as u64);
             done_regions.push(have);
         }
         if covered != want.volume() {
