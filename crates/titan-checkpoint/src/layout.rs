@@ -154,9 +154,15 @@ pub fn read_index(dir: &Path) -> Result<CheckpointIndex> {
         });
     }
     let index = CheckpointIndex::from_json(&index_path, &index_bytes)?;
-    if index.step != marker.step || marker.format != FORMAT_NAME {
+    if marker.format != FORMAT_NAME {
         return Err(not(format!(
-            "marker says step {} but index says step {}",
+            "marker format is `{}`, expected `{FORMAT_NAME}`",
+            marker.format
+        )));
+    }
+    if index.step != marker.step {
+        return Err(not(format!(
+            "marker says step {} but index says step {}: the folder mixes two saves; load another step",
             marker.step, index.step
         )));
     }
