@@ -10,6 +10,8 @@
 //! `Tensor::backward()`; every module saves what its backward needs and computes its own
 //! gradients (f32 accumulation into [`Param`] gradients).
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod executor;
 pub mod hooks;

@@ -50,7 +50,9 @@ pub fn choose_device(cfg: &JobConfig, local_rank: usize) -> Result<DeviceChoice>
 
 #[cfg(feature = "cuda")]
 fn cuda(cfg: &JobConfig, local_rank: usize) -> Result<DeviceChoice> {
-    let device = Device::new_cuda(local_rank).map_err(|e| {
+    // Opens the GPU with event tracking off and a memory pool that keeps freed blocks
+    // (titan_core::cuda); a missing CUDA library becomes an error naming it.
+    let (device, info) = titan_core::cuda::open_device(local_rank).map_err(|e| {
         Error::Device(format!("training.device = \"cuda\": GPU {local_rank} could not be opened ({e}); check the driver and CUDA_VISIBLE_DEVICES"))
     })?;
     let compute_dtype = match cfg.training.mixed_precision_param {
@@ -60,9 +62,39 @@ fn cuda(cfg: &JobConfig, local_rank: usize) -> Result<DeviceChoice> {
     Ok(DeviceChoice {
         device,
         compute_dtype,
-        name: "cuda".into(),
-        capacity_bytes: None,
+        name: info.name,
+        capacity_bytes: Some(info.total_bytes),
     })
+}
+
+/// Peak memory since the previous call, for the step log line (`None` on CPU), then the peaks
+/// restart, as torchtitan resets its peak stats after each log. Active bytes are the CUDA
+/// pool's peak in-use bytes, reserved bytes its peak mapped bytes; the pool neither retries
+/// nor counts out-of-memory failures, so those two stay 0.
+pub fn memory_stats(choice: &DeviceChoice) -> Option<titan_metrics::MemoryStats> {
+    #[cfg(feature = "cuda")]
+    if choice.is_cuda() {
+        return match titan_core::cuda::pool_stats(&choice.device) {
+            Ok(stats) => {
+                if let Err(e) = titan_core::cuda::reset_peak(&choice.device) {
+                    tracing::warn!("could not reset CUDA peak memory counters: {e}");
+                }
+                Some(titan_metrics::MemoryStats {
+                    max_active_bytes: stats.used_high_bytes,
+                    max_reserved_bytes: stats.reserved_high_bytes,
+                    capacity_bytes: choice.capacity_bytes.unwrap_or(0),
+                    num_alloc_retries: 0,
+                    num_ooms: 0,
+                })
+            }
+            Err(e) => {
+                tracing::warn!("could not read CUDA memory statistics: {e}");
+                None
+            }
+        };
+    }
+    let _ = choice;
+    None
 }
 
 #[cfg(not(feature = "cuda"))]
