@@ -352,7 +352,7 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
                 lr,
                 tokens_seen: state.tokens_seen,
                 window: w,
-                memory: None,
+                memory: crate::device::memory_stats(&device),
                 extra: Vec::new(),
             })?;
             window = Window::start(data.wait_time().as_secs_f64());
