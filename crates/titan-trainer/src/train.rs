@@ -193,6 +193,10 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
     if let (Some(ck), Some(adapter)) = (checkpointer.as_mut(), spec.hf_adapter.as_ref()) {
         ck.set_hf_adapter(adapter(&model)?);
     }
+    if let Some(ck) = checkpointer.as_mut() {
+        // Progress bars for saves and loads on the first rank only.
+        ck.set_interactive(ctx.progress && strategy.rank() == 0);
+    }
     let mut state = TrainState {
         step: 0,
         tokens_seen: 0,
