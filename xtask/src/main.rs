@@ -21,6 +21,7 @@ commands:
   convert --from hf --to titan --input DIR --output DIR [--flavor F]
   convert --from titan --to hf --input STEP_DIR --output DIR [--flavor F] [--config FILE]
   tokenizer                                         rebuild the embedded corpus and tokenizer (needs npm)
+  cuda-build                                        build the CUDA binaries for the GPU machine (scripts/build-cuda.sh)
   bench data                                        tokenize+pack throughput on one core";
 
 /// Removes `--nproc-per-node N` (or `=N`) from the arguments.
@@ -62,6 +63,24 @@ fn launch_ranks(n: usize, args: &[String]) -> Result<(), String> {
     }
 }
 
+/// `cargo xtask cuda-build`: the reproducible CUDA build (`scripts/build-cuda.sh`: nvcc 13.0
+/// from PyPI wheels, candle-core with dynamically loaded CUDA libraries, stripped binaries
+/// packed for the GPU machine).
+fn cuda_build(args: &[String]) -> Result<(), String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = std::process::Command::new("bash")
+        .arg(root.join("scripts/build-cuda.sh"))
+        .args(args)
+        .current_dir(&root)
+        .status()
+        .map_err(|e| format!("cannot run scripts/build-cuda.sh: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("scripts/build-cuda.sh failed ({status})"))
+    }
+}
+
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() {
@@ -80,6 +99,7 @@ fn main() -> ExitCode {
         },
         "convert" => convert::convert_cmd(&args),
         "tokenizer" => data_cmds::tokenizer_cmd(&args),
+        "cuda-build" => cuda_build(&args),
         "bench" => match args.first().map(String::as_str) {
             Some("data") => data_cmds::bench_data_cmd(&args[1..]),
             _ => Err("usage: cargo xtask bench data".into()),
