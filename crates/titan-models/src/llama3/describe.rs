@@ -205,20 +205,50 @@ mod tests {
         let d = ModelDescription::new(&args);
         let init = |name: &str| d.params.iter().find(|p| p.name == name).unwrap().init;
         assert_eq!(init("tok_embeddings.weight"), Init::Normal { std: 1.0 });
-        assert_eq!(init("layers.3.attention.wq.weight"), Init::trunc_normal(0.02));
-        assert_eq!(init("layers.3.feed_forward.w1.weight"), Init::trunc_normal(0.02));
+        assert_eq!(
+            init("layers.3.attention.wq.weight"),
+            Init::trunc_normal(0.02)
+        );
+        assert_eq!(
+            init("layers.3.feed_forward.w1.weight"),
+            Init::trunc_normal(0.02)
+        );
         // Depth-scaled: 0.02 / sqrt(2 * (layer_id + 1)).
         let depth = 0.02 / (2.0f64 * 4.0).sqrt();
-        assert_eq!(init("layers.3.attention.wo.weight"), Init::trunc_normal(depth));
-        assert_eq!(init("layers.3.feed_forward.w2.weight"), Init::trunc_normal(depth));
-        assert_eq!(init("layers.3.feed_forward.w3.weight"), Init::trunc_normal(depth));
+        assert_eq!(
+            init("layers.3.attention.wo.weight"),
+            Init::trunc_normal(depth)
+        );
+        assert_eq!(
+            init("layers.3.feed_forward.w2.weight"),
+            Init::trunc_normal(depth)
+        );
+        assert_eq!(
+            init("layers.3.feed_forward.w3.weight"),
+            Init::trunc_normal(depth)
+        );
         assert_eq!(init("layers.3.ffn_norm.weight"), Init::Ones);
         assert_eq!(init("norm.weight"), Init::Ones);
         let std = 256f64.powf(-0.5);
-        assert_eq!(init("output.weight"), Init::TruncNormal { std, a: -3.0 * std, b: 3.0 * std });
+        assert_eq!(
+            init("output.weight"),
+            Init::TruncNormal {
+                std,
+                a: -3.0 * std,
+                b: 3.0 * std
+            }
+        );
         // depth_init = false: 0.02 / sqrt(2 * n_layers) everywhere.
-        let flat = ModelDescription::new(&LlamaArgs { depth_init: false, ..args });
-        let wo = flat.params.iter().find(|p| p.name == "layers.0.attention.wo.weight").unwrap().init;
+        let flat = ModelDescription::new(&LlamaArgs {
+            depth_init: false,
+            ..args
+        });
+        let wo = flat
+            .params
+            .iter()
+            .find(|p| p.name == "layers.0.attention.wo.weight")
+            .unwrap()
+            .init;
         assert_eq!(wo, Init::trunc_normal(0.02 / (12f64).sqrt()));
     }
 
