@@ -111,4 +111,23 @@ pub mod oracle {
         let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
         Ok(p.matmul(&v)?)
     }
+
+    /// The 0/1 attention mask `(batch, 1, seq, seq)` that [`attention_oracle`] multiplies in:
+    /// causal, and within one document when `doc_ids` (row-major `(batch, seq)`) is given.
+    pub fn allowed_mask(batch: usize, seq: usize, doc_ids: Option<&[u32]>) -> Result<Tensor> {
+        let mut allowed = vec![0f64; batch * seq * seq];
+        for b in 0..batch {
+            for i in 0..seq {
+                for j in 0..=i {
+                    let same = doc_ids.is_none_or(|ids| ids[b * seq + i] == ids[b * seq + j]);
+                    allowed[(b * seq + i) * seq + j] = if same { 1.0 } else { 0.0 };
+                }
+            }
+        }
+        Ok(Tensor::from_vec(
+            allowed,
+            (batch, 1, seq, seq),
+            &Device::Cpu,
+        )?)
+    }
 }

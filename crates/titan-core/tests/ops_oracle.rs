@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use titan_core::ops::*;
-use titan_core::testing::oracle::{attention_oracle, rope_oracle};
+use titan_core::testing::oracle::{allowed_mask, attention_oracle, rope_oracle};
 use titan_core::testing::{randint, randn, rel_err};
 use titan_core::{Init, Param, ParamSpec, Result};
 
@@ -207,19 +207,7 @@ fn attention_case(doc_ids: Option<Vec<u32>>) -> Result<()> {
     let v = randn(7, "v", (b, hkv, s, d), 1.0, DType::F64, &CPU)?;
     let r = randn(7, "r", (b, hq, s, d), 1.0, DType::F64, &CPU)?;
     let scale = 1.0 / (d as f64).sqrt();
-    let mut allowed = vec![0f64; b * s * s];
-    for bi in 0..b {
-        for i in 0..s {
-            for j in 0..=i {
-                let same = doc_ids
-                    .as_ref()
-                    .map(|ids| ids[bi * s + i] == ids[bi * s + j])
-                    .unwrap_or(true);
-                allowed[(bi * s + i) * s + j] = if same { 1.0 } else { 0.0 };
-            }
-        }
-    }
-    let allowed = Tensor::from_vec(allowed, (b, 1, s, s), &CPU)?;
+    let allowed = allowed_mask(b, s, doc_ids.as_deref())?;
     let (qv, kv, vv) = (
         Var::from_tensor(&q)?,
         Var::from_tensor(&k)?,

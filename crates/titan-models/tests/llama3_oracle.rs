@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use titan_core::ops::rope::rope_frequencies;
-use titan_core::testing::oracle::{attention_oracle, rope_oracle};
+use titan_core::testing::oracle::{allowed_mask, attention_oracle, rope_oracle};
 use titan_core::testing::{bitwise_eq, rel_err};
 use titan_core::{ActivationCheckpoint, Executor, LayeredModel, MicrobatchInfo, Module, NoHooks};
 use titan_models::llama3::{doc_ids_from_eos, AttnMaskType, Llama3, LlamaArgs};
@@ -104,17 +104,8 @@ fn reference(model: &Llama3) -> (Tensor, HashMap<String, Tensor>) {
     let freqs = rope_frequencies(hd, a.rope_theta, a.rope_scaling);
     let positions: Vec<u32> = (0..B * S).map(|i| (i % S) as u32).collect();
     let docs = doc_ids_from_eos(&toks, S, a.eos_id);
-    let mut allowed = vec![0f64; B * S * S];
-    for b in 0..B {
-        for i in 0..S {
-            for j in 0..=i {
-                let same =
-                    a.attn_mask_type == AttnMaskType::Causal || docs[b * S + i] == docs[b * S + j];
-                allowed[(b * S + i) * S + j] = if same { 1.0 } else { 0.0 };
-            }
-        }
-    }
-    let allowed = Tensor::from_vec(allowed, (B, 1, S, S), &CPU).unwrap();
+    let block = a.attn_mask_type == AttnMaskType::BlockCausal;
+    let allowed = allowed_mask(B, S, block.then_some(docs.as_slice())).unwrap();
     let lin =
         |x: &Tensor, name: String| x.broadcast_matmul(&w[name.as_str()].t().unwrap()).unwrap();
     for l in 0..a.n_layers {

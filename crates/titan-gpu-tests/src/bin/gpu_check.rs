@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use titan_core::ops::*;
-use titan_core::testing::oracle::{attention_oracle, rope_oracle};
+use titan_core::testing::oracle::{allowed_mask, attention_oracle, rope_oracle};
 use titan_core::testing::{randint, randn, rel_err};
 use titan_core::{ActivationCheckpoint, Executor, Init, MicrobatchInfo, Module, NoHooks, Param};
 use titan_gpu_tests::{open, Result};
@@ -239,16 +239,7 @@ impl Checker {
                 cuts.iter().filter(|&&c| t >= c).count() as u32
             })
             .collect();
-        let mut allowed = vec![0f64; b * s * s];
-        for bi in 0..b {
-            for i in 0..s {
-                for j in 0..=i {
-                    let same = !block_causal || doc_ids[bi * s + i] == doc_ids[bi * s + j];
-                    allowed[(bi * s + i) * s + j] = if same { 1.0 } else { 0.0 };
-                }
-            }
-        }
-        let allowed = Tensor::from_vec(allowed, (b, 1, s, s), &CPU)?;
+        let allowed = allowed_mask(b, s, block_causal.then_some(doc_ids.as_slice()))?;
         let (qv, kv, vv) = (
             Var::from_tensor(&q)?,
             Var::from_tensor(&k)?,
