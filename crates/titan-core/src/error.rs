@@ -10,6 +10,11 @@ pub enum Error {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 
+    /// A fused CUDA kernel failed to load or launch (not "unsupported input": those fall
+    /// back to the composite path).
+    #[error("fused kernel: {0}")]
+    Kernel(String),
+
     // === Parameters ===
     /// A module read a parameter whose compute copy does not exist (not materialized, or a
     /// sharding strategy released it and forgot to gather it back).

@@ -22,6 +22,10 @@ impl RmsNorm {
     /// Returns `y` (in `x`'s dtype) and the reciprocal RMS per row `(..., 1)` in f32, which
     /// backward needs together with `x`.
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        if let Some(out) = super::fused::norm::rmsnorm_forward(x, self.weight.compute()?, self.eps)?
+        {
+            return Ok(out);
+        }
         let w = self.weight.compute()?.to_dtype(DType::F32)?;
         let x32 = x.to_dtype(DType::F32)?;
         let ms = x32.sqr()?.mean_keepdim(D::Minus1)?;
@@ -35,6 +39,12 @@ impl RmsNorm {
 
     /// Given the forward's `x` and `rstd`, accumulates `dw` and returns `dx` (in `x`'s dtype).
     pub fn backward(&mut self, x: &Tensor, rstd: &Tensor, d_y: &Tensor) -> Result<Tensor> {
+        if let Some((dx, dw)) =
+            super::fused::norm::rmsnorm_backward(x, self.weight.compute()?, rstd, d_y)?
+        {
+            self.weight.accumulate_grad(&dw)?;
+            return Ok(dx);
+        }
         let w = self.weight.compute()?.to_dtype(DType::F32)?;
         let x32 = x.to_dtype(DType::F32)?;
         let dy = d_y.to_dtype(DType::F32)?;

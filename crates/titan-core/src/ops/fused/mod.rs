@@ -1,0 +1,63 @@
+//! Dispatch to titan-kernels' fused CUDA kernels.
+//!
+//! Every op in [`crate::ops`] keeps its composite candle implementation (the CPU path and the
+//! reference) and first asks this module for a fused kernel. A fused kernel runs when the
+//! build has feature `cuda`, [`enabled`] is on (default; `TITAN_FUSED_KERNELS=0` or
+//! [`set_enabled`] turn it off, e.g. to A/B the two paths on one GPU), the tensors are on a
+//! CUDA device in bf16, and the kernel accepts the shapes. Each wrapper returns `Ok(None)`
+//! when it does not apply, so the caller falls back; a driver failure is an error.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use candle_core::{DType, Tensor};
+
+#[cfg(feature = "cuda")]
+use crate::Result;
+
+pub mod norm;
+
+/// 0 = not read yet, 1 = on, 2 = off.
+static ENABLED: AtomicU8 = AtomicU8::new(0);
+
+/// Whether fused kernels may replace composites (process-wide).
+pub fn enabled() -> bool {
+    match ENABLED.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let on = !matches!(
+                std::env::var("TITAN_FUSED_KERNELS").as_deref(),
+                Ok("0") | Ok("false") | Ok("off")
+            );
+            ENABLED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+            on
+        }
+    }
+}
+
+/// Turn fused kernels on or off for the whole process.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Whether this build carries fused kernels at all.
+pub const AVAILABLE: bool = cfg!(feature = "cuda");
+
+/// True when `t` is a bf16 CUDA tensor and fused kernels are on: the common precondition.
+pub(crate) fn applies(t: &Tensor) -> bool {
+    AVAILABLE && t.device().is_cuda() && t.dtype() == DType::BF16 && enabled()
+}
+
+/// Map a launcher's result: `Unsupported` becomes `None` (fall back), the rest an error.
+#[cfg(feature = "cuda")]
+pub(crate) fn lift<T>(r: titan_kernels::Result<T>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(titan_kernels::Error::Unsupported { kernel, why }) => {
+            tracing::debug!("fused {kernel} not used: {why}");
+            Ok(None)
+        }
+        Err(titan_kernels::Error::Candle(e)) => Err(e.into()),
+        Err(e) => Err(crate::Error::Kernel(e.to_string())),
+    }
+}
