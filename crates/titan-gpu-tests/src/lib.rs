@@ -116,3 +116,12 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
 pub fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
+
+/// One fused-kernel check: relative error `||ours - ref|| / ||ref||` against an f64 CPU
+/// reference, and the tolerance it must stay under.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub what: String,
+    pub err: f64,
+    pub tol: f64,
+}

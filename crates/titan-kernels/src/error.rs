@@ -16,6 +16,7 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) fn unsupported<T>(kernel: &'static str, why: impl Into<String>) -> Result<T> {
     Err(Error::Unsupported {
         kernel,
