@@ -20,13 +20,16 @@ const CPU: Device = Device::Cpu;
 
 struct Row {
     what: String,
-    dtype: DType,
+    /// "f32", "bf16 plain" (composite candle ops) or "bf16 fused" (titan-kernels).
+    path: String,
     err: f64,
     tol: f64,
 }
 
 /// One group of checks.
 type CheckFn = fn(&mut Checker) -> Result<()>;
+/// A fused-kernel suite from titan_gpu_tests.
+type SuiteFn = fn(&Device, u64) -> Result<Vec<titan_gpu_tests::Check>>;
 
 struct Checker {
     device: Device,
@@ -36,6 +39,14 @@ struct Checker {
 }
 
 impl Checker {
+    fn path(&self) -> String {
+        match (self.dtype, titan_core::ops::fused::enabled()) {
+            (DType::F32, _) => "f32".into(),
+            (_, true) => "bf16 fused".into(),
+            (_, false) => "bf16 plain".into(),
+        }
+    }
+
     fn tol(&self) -> f64 {
         if self.dtype == DType::F32 {
             1e-5
@@ -53,7 +64,7 @@ impl Checker {
         };
         self.rows.push(Row {
             what: what.to_string(),
-            dtype: self.dtype,
+            path: self.path(),
             err,
             tol: self.tol(),
         });
@@ -395,7 +406,14 @@ fn run() -> Result<bool> {
     let opened = open(&spec)?;
     println!("gpu_check: device {} ({spec}), seed {seed}", opened.name);
     let mut rows = Vec::new();
-    for dtype in [DType::F32, DType::BF16] {
+    // f32 (composite ops), bf16 through the composite ops, bf16 through the fused kernels:
+    // the same inputs and references, so the last two rows of each check compare the paths.
+    for (dtype, fused) in [
+        (DType::F32, false),
+        (DType::BF16, false),
+        (DType::BF16, true),
+    ] {
+        titan_core::ops::fused::set_enabled(fused);
         let mut c = Checker {
             device: opened.device.clone(),
             dtype,
@@ -417,7 +435,7 @@ fn run() -> Result<bool> {
             if let Err(e) = step(&mut c) {
                 c.rows.push(Row {
                     what: format!("{name}: ERROR {e}"),
-                    dtype,
+                    path: c.path(),
                     err: f64::NAN,
                     tol: c.tol(),
                 });
@@ -425,18 +443,37 @@ fn run() -> Result<bool> {
         }
         rows.extend(c.rows);
     }
+    // The fused kernels' own checks (odd sizes, every layout and mask they take).
+    titan_core::ops::fused::set_enabled(true);
+    let suites: [(&str, SuiteFn); 0] = [];
+    for (name, suite) in suites {
+        match suite(&opened.device, seed) {
+            Ok(checks) => rows.extend(checks.into_iter().map(|c| Row {
+                what: c.what,
+                path: "bf16 fused".into(),
+                err: c.err,
+                tol: c.tol,
+            })),
+            Err(e) => rows.push(Row {
+                what: format!("{name}: ERROR {e}"),
+                path: "bf16 fused".into(),
+                err: f64::NAN,
+                tol: 0.0,
+            }),
+        }
+    }
     println!(
-        "{:<52} {:>5} {:>10} {:>8}  result",
-        "check", "dtype", "rel err", "tol"
+        "{:<60} {:>10} {:>10} {:>8}  result",
+        "check", "path", "rel err", "tol"
     );
     let mut failures = 0;
     for r in &rows {
         let ok = r.err < r.tol; // NaN fails
         failures += usize::from(!ok);
         println!(
-            "{:<52} {:>5} {:>10.2e} {:>8.0e}  {}",
+            "{:<60} {:>10} {:>10.2e} {:>8.0e}  {}",
             r.what,
-            format!("{:?}", r.dtype).to_lowercase(),
+            r.path,
             r.err,
             r.tol,
             if ok { "ok" } else { "FAIL" }
