@@ -5,6 +5,8 @@
 
 use candle_core::{DType, Device};
 
+pub mod checks_elementwise;
+
 /// Errors of the GPU programs.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -35,7 +35,13 @@ macro_rules! cubin {
 pub(crate) use cubin;
 
 /// Every cubin of this build, for [`preload`] and [`kernel_names`].
-pub(crate) const ALL: &[Cubin] = &[crate::norm::CUBIN];
+pub(crate) const ALL: &[Cubin] = &[
+    crate::norm::CUBIN,
+    crate::rope::CUBIN,
+    crate::swiglu::CUBIN,
+    crate::xent::CUBIN,
+    crate::embedding::CUBIN,
+];
 
 type FuncKey = (usize, &'static str, &'static str);
 

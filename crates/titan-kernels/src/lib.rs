@@ -19,7 +19,15 @@ mod launch;
 pub use launch::{kernel_names, preload};
 
 #[cfg(feature = "cuda")]
+pub mod embedding;
+#[cfg(feature = "cuda")]
 pub mod norm;
+#[cfg(feature = "cuda")]
+pub mod rope;
+#[cfg(feature = "cuda")]
+pub mod swiglu;
+#[cfg(feature = "cuda")]
+pub mod xent;
 
 /// Whether this build carries the fused kernels (feature `cuda`).
 pub const AVAILABLE: bool = cfg!(feature = "cuda");

@@ -36,6 +36,11 @@ impl Embedding {
     /// Scatter-adds `d_out` rows into the f32 weight gradient.
     pub fn backward(&mut self, ids: &Tensor, d_out: &Tensor) -> Result<()> {
         let dim = self.dim();
+        if let Some(dw) =
+            super::fused::embedding::embedding_backward(ids, d_out, self.vocab_size(), dim)?
+        {
+            return self.weight.accumulate_grad(&dw);
+        }
         let flat_ids = ids.flatten_all()?;
         let d = d_out
             .reshape((flat_ids.dim(0)?, dim))?

@@ -153,10 +153,16 @@ fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor, inverse: bool) -> Result<Tenso
 
 /// Rotate `x (batch, seq, heads, head_dim)` by the selected tables.
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if let Some(y) = super::fused::rope::apply_rope(x, cos, sin, false)? {
+        return Ok(y);
+    }
     rotate(x, cos, sin, false)
 }
 
 /// Backward of [`apply_rope`]: the rotation is orthogonal, so the gradient rotates back.
 pub fn apply_rope_backward(d_y: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if let Some(dx) = super::fused::rope::apply_rope(d_y, cos, sin, true)? {
+        return Ok(dx);
+    }
     rotate(d_y, cos, sin, true)
 }

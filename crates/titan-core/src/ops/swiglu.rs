@@ -10,6 +10,9 @@ fn sigmoid(a: &Tensor) -> Result<Tensor> {
 
 /// `silu(a) * b` in `a`'s dtype.
 pub fn swiglu_forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if let Some(g) = super::fused::swiglu::swiglu_forward(a, b)? {
+        return Ok(g);
+    }
     let a32 = a.to_dtype(DType::F32)?;
     let b32 = b.to_dtype(DType::F32)?;
     let silu = (&a32 * sigmoid(&a32)?)?;
@@ -18,6 +21,9 @@ pub fn swiglu_forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// Gradients `(d_a, d_b)` of `silu(a) * b` given `d_g`.
 pub fn swiglu_backward(a: &Tensor, b: &Tensor, d_g: &Tensor) -> Result<(Tensor, Tensor)> {
+    if let Some(out) = super::fused::swiglu::swiglu_backward(a, b, d_g)? {
+        return Ok(out);
+    }
     let a32 = a.to_dtype(DType::F32)?;
     let b32 = b.to_dtype(DType::F32)?;
     let dg = d_g.to_dtype(DType::F32)?;

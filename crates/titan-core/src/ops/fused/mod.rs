@@ -14,7 +14,11 @@ use candle_core::{DType, Tensor};
 #[cfg(feature = "cuda")]
 use crate::Result;
 
+pub mod embedding;
 pub mod norm;
+pub mod rope;
+pub mod swiglu;
+pub mod xent;
 
 /// 0 = not read yet, 1 = on, 2 = off.
 static ENABLED: AtomicU8 = AtomicU8::new(0);

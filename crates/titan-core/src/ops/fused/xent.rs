@@ -1,0 +1,50 @@
+//! Fused softmax cross-entropy (titan-kernels `xent.cu`).
+
+use candle_core::Tensor;
+
+use crate::Result;
+
+/// `(loss, lse (rows, 1) f32)` from the fused kernel, or `None` to use the composite.
+pub fn cross_entropy_forward(
+    logits: &Tensor,
+    labels: &Tensor,
+    scale: f64,
+) -> Result<Option<(Tensor, Tensor)>> {
+    if !super::applies(logits) {
+        return Ok(None);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        super::lift(titan_kernels::xent::cross_entropy_forward(
+            logits, labels, scale,
+        ))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (labels, scale);
+        Ok(None)
+    }
+}
+
+/// `d_logits` (bf16) from the fused kernel, or `None` to use the composite.
+pub fn cross_entropy_backward(
+    logits: &Tensor,
+    labels: &Tensor,
+    lse: &Tensor,
+    scale: f64,
+) -> Result<Option<Tensor>> {
+    if !super::applies(logits) {
+        return Ok(None);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        super::lift(titan_kernels::xent::cross_entropy_backward(
+            logits, labels, lse, scale,
+        ))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (labels, lse, scale);
+        Ok(None)
+    }
+}

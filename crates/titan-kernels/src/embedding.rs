@@ -1,0 +1,52 @@
+//! Fused embedding backward: scatter-add bf16 output gradients into an f32 weight gradient.
+
+use candle_core::{DType, Tensor};
+
+use crate::error::{unsupported, Result};
+use crate::launch::{alloc, cubin, cuda_device, expect, function, launch, ptr, Cubin};
+
+pub(crate) const CUBIN: Cubin = cubin!("embedding");
+const KERNEL: &str = "embedding_backward";
+
+/// `ids` (u32, any shape, n elements, contiguous) and `d_out` (bf16 contiguous, n * `dim`
+/// elements, last dim `dim`): returns `dw (vocab, dim)` f32 with `dw[ids[r]] += d_out[r]`
+/// (f32 atomics, so the order of the additions, hence the last bits, may vary between runs).
+/// Ids `>= vocab` are skipped.
+pub fn embedding_backward(
+    ids: &Tensor,
+    d_out: &Tensor,
+    vocab: usize,
+    dim: usize,
+) -> Result<Tensor> {
+    let dev = cuda_device(KERNEL, d_out)?;
+    expect(KERNEL, "ids", ids, DType::U32, true)?;
+    expect(KERNEL, "d_out", d_out, DType::BF16, true)?;
+    let n = ids.elem_count();
+    if d_out.dims().last() != Some(&dim) || d_out.elem_count() != n * dim {
+        return unsupported(
+            KERNEL,
+            format!("d_out {:?} vs {n} ids of dim {dim}", d_out.dims()),
+        );
+    }
+    if n > i32::MAX as usize || dim == 0 || dim > i32::MAX as usize || vocab > i32::MAX as usize {
+        return unsupported(
+            KERNEL,
+            format!("{n} ids, vocab {vocab}, dim {dim} out of range"),
+        );
+    }
+    let dw = alloc(&dev, (vocab, dim), DType::F32, true)?;
+    if n == 0 {
+        return Ok(dw);
+    }
+    let f = function(&dev, &CUBIN, "embedding_bwd_bf16")?;
+    let (pids, pd, pdw) = (ptr(ids)?, ptr(d_out)?, ptr(&dw)?);
+    let vec = dim % 8 == 0 && (pd | pdw) % 16 == 0;
+    let threads = if vec {
+        (dim / 8).next_multiple_of(32).min(256)
+    } else {
+        dim.next_multiple_of(32).min(256)
+    };
+    let (nn, ndim, nvocab, vec) = (n as i32, dim as i32, vocab as i32, vec as i32);
+    launch!(dev, f, (n as u32, 1, 1), threads, 0; pids, pd, pdw, nn, ndim, nvocab, vec)?;
+    Ok(dw)
+}
