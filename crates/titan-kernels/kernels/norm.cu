@@ -3,19 +3,19 @@
 //   dx = rstd * (g - xhat * mean(g * xhat)),  g = dy * w,  xhat = x * rstd
 //   dw += sum over rows of dy * xhat   (f32, one atomicAdd per column per block)
 // One block per row (forward) / per `rows_per_block` rows (backward). Any `dim`: 16-byte
-// vectors when dim % 8 == 0, scalars otherwise.
+// vectors when the launcher says so (`vec`: dim % 8 == 0 and 16-byte aligned rows), scalars
+// otherwise.
 #include "common.cuh"
 
 extern "C" __global__ void rmsnorm_fwd_bf16(const bf16 *__restrict__ x, const bf16 *__restrict__ w,
                                             bf16 *__restrict__ y, float *__restrict__ rstd_out,
-                                            int rows, int dim, float eps) {
+                                            int rows, int dim, float eps, int vec) {
   __shared__ float scratch[32];
   const int row = blockIdx.x;
   if (row >= rows) return;
   const bf16 *xr = x + (size_t)row * dim;
   bf16 *yr = y + (size_t)row * dim;
   float ss = 0.f;
-  const bool vec = (dim % 8) == 0;
   if (vec) {
     for (int c = threadIdx.x * 8; c < dim; c += blockDim.x * 8) {
       float v[8];
@@ -53,14 +53,13 @@ extern "C" __global__ void rmsnorm_bwd_bf16(const bf16 *__restrict__ x, const bf
                                             const float *__restrict__ rstd,
                                             const bf16 *__restrict__ dy, bf16 *__restrict__ dx,
                                             float *__restrict__ dw, int rows, int dim,
-                                            int rows_per_block) {
+                                            int rows_per_block, int vec) {
   extern __shared__ float dw_part[];
   __shared__ float scratch[32];
   for (int c = threadIdx.x; c < dim; c += blockDim.x) dw_part[c] = 0.f;
   __syncthreads();
   const int row0 = blockIdx.x * rows_per_block;
   const int row1 = min(rows, row0 + rows_per_block);
-  const bool vec = (dim % 8) == 0;
   for (int row = row0; row < row1; ++row) {
     const bf16 *xr = x + (size_t)row * dim;
     const bf16 *dyr = dy + (size_t)row * dim;

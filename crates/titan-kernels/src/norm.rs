@@ -24,6 +24,11 @@ fn rows_dim(x: &Tensor, w: &Tensor) -> Result<(usize, usize)> {
     Ok((x.elem_count() / dim, dim))
 }
 
+/// 16-byte vector access is safe when rows are whole vectors and every base is aligned.
+fn vectorizable(dim: usize, ptrs: &[u64]) -> i32 {
+    i32::from(dim % 8 == 0 && ptrs.iter().all(|p| p % 16 == 0))
+}
+
 /// `x (..., dim)` bf16 contiguous, `w (dim)` bf16: returns `y` like `x` and `rstd (..., 1)` f32.
 pub fn rmsnorm_forward(x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
     let dev = cuda_device(KERNEL, x)?;
@@ -41,7 +46,8 @@ pub fn rmsnorm_forward(x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tens
     let (px, pw, py, pr) = (ptr(x)?, ptr(w)?, ptr(&y)?, ptr(&rstd)?);
     let (nrows, ndim, feps) = (rows as i32, dim as i32, eps as f32);
     let threads = if dim >= 2048 { 256 } else { 128 };
-    launch!(dev, f, (rows as u32, 1, 1), threads, 0; px, pw, py, pr, nrows, ndim, feps)?;
+    let vec = vectorizable(dim, &[px, pw, py]);
+    launch!(dev, f, (rows as u32, 1, 1), threads, 0; px, pw, py, pr, nrows, ndim, feps, vec)?;
     Ok((y, rstd))
 }
 
@@ -78,6 +84,7 @@ pub fn rmsnorm_backward(
         (ptr(x)?, ptr(w)?, ptr(rstd)?, ptr(dy)?, ptr(&dx)?, ptr(&dw)?);
     let (nrows, ndim, rpb) = (rows as i32, dim as i32, rows_per_block as i32);
     let threads = if dim >= 2048 { 256 } else { 128 };
-    launch!(dev, f, (blocks, 1, 1), threads, smem; px, pw, pr, pdy, pdx, pdw, nrows, ndim, rpb)?;
+    let vec = vectorizable(dim, &[px, pw, pdy, pdx]);
+    launch!(dev, f, (blocks, 1, 1), threads, smem; px, pw, pr, pdy, pdx, pdw, nrows, ndim, rpb, vec)?;
     Ok((dx, dw))
 }
