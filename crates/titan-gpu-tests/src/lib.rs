@@ -5,6 +5,7 @@
 
 use candle_core::{DType, Device};
 
+pub mod checks_attention;
 pub mod checks_elementwise;
 
 /// Errors of the GPU programs.

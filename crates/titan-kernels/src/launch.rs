@@ -37,6 +37,7 @@ pub(crate) use cubin;
 /// Every cubin of this build, for [`preload`] and [`kernel_names`].
 pub(crate) const ALL: &[Cubin] = &[
     crate::norm::CUBIN,
+    crate::attention::CUBIN,
     crate::rope::CUBIN,
     crate::swiglu::CUBIN,
     crate::xent::CUBIN,

@@ -19,6 +19,8 @@ mod launch;
 pub use launch::{kernel_names, preload};
 
 #[cfg(feature = "cuda")]
+pub mod attention;
+#[cfg(feature = "cuda")]
 pub mod embedding;
 #[cfg(feature = "cuda")]
 pub mod norm;

@@ -81,6 +81,11 @@ pub trait AttentionKernel: Send + Sync + std::fmt::Debug {
         mask: &AttnMask,
         scale: f64,
     ) -> Result<(Tensor, Tensor, Tensor)>;
+    /// Whether `forward` and `backward` take non-contiguous `q, k, v, d_out` (e.g.
+    /// `(b, s, h, hd).transpose(1, 2)` views), so the caller can skip copying them.
+    fn accepts_strided(&self) -> bool {
+        false
+    }
 }
 
 /// Attention that materializes the `seq x seq` probabilities (f32). Fine on CPU and for short

@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod cross_entropy;
 pub mod embedding;
+pub mod flash_attention;
 pub mod fused;
 pub mod linear;
 pub mod rmsnorm;
@@ -18,6 +19,7 @@ pub use cross_entropy::{
     cross_entropy_backward, cross_entropy_forward, CrossEntropySaved, IGNORE_INDEX,
 };
 pub use embedding::Embedding;
+pub use flash_attention::FlashAttention;
 pub use linear::Linear;
 pub use rmsnorm::RmsNorm;
 pub use rope::{apply_rope, apply_rope_backward, RopeScaling, RopeTables};
