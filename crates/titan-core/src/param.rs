@@ -213,6 +213,11 @@ impl Param {
     }
 
     /// The accumulated f32 gradient, if any backward has run since the last [`Param::zero_grad`].
+    ///
+    /// On CUDA, fused kernels write this tensor in place (the linear weight-gradient GEMM adds
+    /// into it; clipping scales it): a handle kept on it sees later values, so copy it to keep
+    /// a snapshot. The same holds for [`Param::master`] and the bf16 [`Param::compute`] copy
+    /// under titan-optim's fused optimizer step.
     pub fn grad(&self) -> Option<&Tensor> {
         self.grad.as_ref()
     }

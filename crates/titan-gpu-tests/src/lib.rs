@@ -7,6 +7,7 @@ use candle_core::{DType, Device};
 
 pub mod checks_attention;
 pub mod checks_elementwise;
+pub mod checks_optim;
 
 /// Errors of the GPU programs.
 #[derive(Debug, thiserror::Error)]

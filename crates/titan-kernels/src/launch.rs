@@ -42,6 +42,8 @@ pub(crate) const ALL: &[Cubin] = &[
     crate::swiglu::CUBIN,
     crate::xent::CUBIN,
     crate::embedding::CUBIN,
+    crate::adamw::CUBIN,
+    crate::gradnorm::CUBIN,
 ];
 
 type FuncKey = (usize, &'static str, &'static str);

@@ -19,9 +19,15 @@ mod launch;
 pub use launch::{kernel_names, preload};
 
 #[cfg(feature = "cuda")]
+pub mod adamw;
+#[cfg(feature = "cuda")]
 pub mod attention;
 #[cfg(feature = "cuda")]
 pub mod embedding;
+#[cfg(feature = "cuda")]
+pub mod gemm;
+#[cfg(feature = "cuda")]
+pub mod gradnorm;
 #[cfg(feature = "cuda")]
 pub mod norm;
 #[cfg(feature = "cuda")]

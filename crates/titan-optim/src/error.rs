@@ -14,6 +14,11 @@ pub enum Error {
     #[error(transparent)]
     Core(#[from] titan_core::Error),
 
+    /// A fused CUDA kernel failed to load or launch (inputs it does not take fall back to
+    /// the composite path instead).
+    #[error("fused optimizer kernel: {0}")]
+    Kernel(String),
+
     // === Configuration ===
     /// A configuration value outside its valid range.
     #[error("invalid config `{key}` = {value}: {reason}")]

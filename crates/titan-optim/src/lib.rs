@@ -40,12 +40,17 @@
 pub mod clip;
 pub mod config;
 pub mod error;
+#[cfg(feature = "cuda")]
+mod fused;
 pub mod lr_scheduler;
 pub mod optimizer;
 pub mod state;
 mod update;
 
-pub use clip::{clip_grad_norm, clip_with_total_norm, local_sq_norm};
+pub use clip::{
+    clip_coefficient, clip_grad_norm, clip_scale, clip_with_total_norm, local_sq_norm, ClipScale,
+    GradScale,
+};
 pub use config::AdamWConfig;
 pub use error::{Error, Result};
 pub use lr_scheduler::{DecayType, LrScheduler, LrSchedulerConfig, LrSchedulerState};

@@ -43,7 +43,8 @@ pub struct OptimizerStateMeta {
 /// like the parameter (or the local shard) they belong to, on the parameter's device.
 ///
 /// The tensors are shared with the optimizer, not copied; steps replace the optimizer's
-/// tensors rather than writing into them, so a snapshot stays valid while training goes on.
+/// tensors rather than writing into them (the fused CUDA step, which updates in place, first
+/// copies tensors a snapshot may share), so a snapshot stays valid while training goes on.
 #[derive(Debug, Clone)]
 pub struct OptimizerState {
     pub tensors: BTreeMap<String, Tensor>,

@@ -33,6 +33,30 @@ fn lerp(start: &Tensor, end: &Tensor, weight: f64) -> Result<Tensor> {
     }
 }
 
+/// The per-parameter scalars of step number `step` (1-based), in f64 as Python computes them
+/// from the step count, then rounded to f32 as the tensor ops round them. Shared with the
+/// fused CUDA kernel so both paths use the same bits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct StepScalars {
+    /// `-(lr / bias_correction1)`: `addcdiv_(exp_avg, denom, value=-step_size)`.
+    pub neg_step_size: f32,
+    /// `1 / bias_correction2.sqrt()`, the reciprocal taken in f32 (`tensor / scalar`).
+    pub inv_bc2_sqrt: f32,
+}
+
+pub(crate) fn step_scalars(cfg: &AdamWConfig, step: u64, lr: f64) -> StepScalars {
+    let (beta1, beta2) = cfg.betas;
+    let step = step as f64;
+    let bias_correction1 = 1.0 - beta1.powf(step);
+    let bias_correction2 = 1.0 - beta2.powf(step);
+    let step_size = lr / bias_correction1;
+    let bias_correction2_sqrt = bias_correction2.sqrt();
+    StepScalars {
+        neg_step_size: (-step_size) as f32,
+        inv_bc2_sqrt: 1.0f32 / bias_correction2_sqrt as f32,
+    }
+}
+
 /// Apply one step to `param` (the f32 master) with gradient `grad` and learning rate `lr`;
 /// returns the new master and updates `state` (its step counter included).
 pub(crate) fn adam_step(
@@ -63,23 +87,17 @@ pub(crate) fn adam_step(
     state.exp_avg_sq =
         (state.exp_avg_sq.affine(beta2, 0.0)? + grad.sqr()?.affine(1.0 - beta2, 0.0)?)?;
 
-    // Scalars in f64, as Python computes them from the step count.
-    let step = state.step as f64;
-    let bias_correction1 = 1.0 - beta1.powf(step);
-    let bias_correction2 = 1.0 - beta2.powf(step);
-    let step_size = lr / bias_correction1;
-    let bias_correction2_sqrt = bias_correction2.sqrt();
+    let scalars = step_scalars(cfg, state.step, lr);
 
     // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-    let inv_bias_correction2_sqrt = 1.0f32 / bias_correction2_sqrt as f32;
     let denom = state
         .exp_avg_sq
         .sqrt()?
-        .affine(inv_bias_correction2_sqrt as f64, 0.0)?
+        .affine(scalars.inv_bc2_sqrt as f64, 0.0)?
         .affine(1.0, cfg.eps)?;
 
     // param.addcdiv_(exp_avg, denom, value=-step_size)
-    let update = (&state.exp_avg / &denom)?.affine(-step_size, 0.0)?;
+    let update = (&state.exp_avg / &denom)?.affine(scalars.neg_step_size as f64, 0.0)?;
     Ok((param + update)?)
 }
 

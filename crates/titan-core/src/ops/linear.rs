@@ -72,6 +72,10 @@ impl Linear {
         let (x2, _) = flatten_rows(x)?;
         let (dy2, _) = flatten_rows(d_y)?;
         let dy2 = dy2.to_dtype(x2.dtype())?;
+        // bf16 on CUDA: one cuBLAS GEMM accumulating in f32 into the gradient itself.
+        if super::fused::gemm::accumulate_weight_grad(&x2, &dy2, &mut self.weight)? {
+            return Ok(());
+        }
         let dw = dy2.t()?.matmul(&x2)?;
         self.weight.accumulate_grad(&dw.to_dtype(DType::F32)?)
     }

@@ -137,15 +137,24 @@ impl LlamaBlock {
         1.0 / (self.head_dim as f64).sqrt()
     }
 
-    /// `(b, s, h*hd)` to head-major `(b, h, s, hd)`.
+    /// `(b, s, h*hd)` to head-major `(b, h, s, hd)`: a view when the attention kernel reads
+    /// strided inputs (no copy), else a contiguous copy.
     fn to_heads(&self, x: &Tensor, heads: usize) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
-        Ok(x.reshape((b, s, heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()?)
+        let view = x.reshape((b, s, heads, self.head_dim))?.transpose(1, 2)?;
+        self.heads_layout(view)
     }
 
-    /// Head-major `(b, h, s, hd)` to `(b, s, h*hd)`.
+    fn heads_layout(&self, view: Tensor) -> Result<Tensor> {
+        if self.attention.accepts_strided() {
+            Ok(view)
+        } else {
+            Ok(view.contiguous()?)
+        }
+    }
+
+    /// Head-major `(b, h, s, hd)` to `(b, s, h*hd)` (no copy when the kernel wrote its output
+    /// as a transposed view of `(b, s, h, hd)`, as the flash kernel does).
     fn from_heads(x: &Tensor) -> Result<Tensor> {
         let (b, h, s, hd) = x.dims4()?;
         Ok(x.transpose(1, 2)?.contiguous()?.reshape((b, s, h * hd))?)
@@ -155,9 +164,7 @@ impl LlamaBlock {
     fn rope_heads(&self, x: &Tensor, heads: usize, ctx: &LlamaCtx) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let x = x.reshape((b, s, heads, self.head_dim))?;
-        Ok(apply_rope(&x, &ctx.cos, &ctx.sin)?
-            .transpose(1, 2)?
-            .contiguous()?)
+        self.heads_layout(apply_rope(&x, &ctx.cos, &ctx.sin)?.transpose(1, 2)?)
     }
 
     /// Gradient through `rope_heads`: head-major `(b, h, s, hd)` back to `(b, s, h*hd)`.

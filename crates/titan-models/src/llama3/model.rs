@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use titan_core::layered::{tensor_bytes, LayeredModel, SavedState};
 use titan_core::ops::{
     cross_entropy_backward, cross_entropy_forward, AttentionKernel, CrossEntropySaved, Embedding,
-    Linear, MaskKind, NaiveAttention, RmsNorm, RopeTables,
+    FlashAttention, Linear, MaskKind, RmsNorm, RopeTables,
 };
 use titan_core::{Module, Param, UnitId};
 
@@ -87,9 +87,10 @@ pub struct Llama3 {
 }
 
 impl Llama3 {
-    /// A shape-only model with the naive attention kernel.
+    /// A shape-only model with the flash attention kernel (the fused CUDA kernel on bf16
+    /// GPUs, the naive kernel elsewhere).
     pub fn new(args: &LlamaArgs) -> Result<Self> {
-        Self::with_attention(args, Arc::new(NaiveAttention))
+        Self::with_attention(args, Arc::new(FlashAttention))
     }
 
     /// A shape-only model whose blocks use `attention`.

@@ -15,6 +15,7 @@ use candle_core::{DType, Tensor};
 use crate::Result;
 
 pub mod embedding;
+pub mod gemm;
 pub mod norm;
 pub mod rope;
 pub mod swiglu;
