@@ -290,9 +290,11 @@ impl Checker {
     /// A 2-layer Llama (block-causal, GQA) on the device against the same model on the CPU
     /// computing in f64 (parameters, activations and grads; norms, RoPE and softmax in f32).
     fn tiny_llama(&mut self) -> Result<()> {
-        let (b, s) = (2, 32);
+        // head_dim 64, so the bf16 fused pass runs the flash kernel inside a whole model;
+        // seq 40 is not a multiple of its tiles.
+        let (b, s) = (2, 40);
         let args = LlamaArgs {
-            dim: 64,
+            dim: 256,
             n_layers: 2,
             n_heads: 4,
             n_kv_heads: Some(2),
@@ -445,7 +447,11 @@ fn run() -> Result<bool> {
     }
     // The fused kernels' own checks (odd sizes, every layout and mask they take).
     titan_core::ops::fused::set_enabled(true);
-    let suites: [(&str, SuiteFn); 0] = [];
+    let suites: [(&str, SuiteFn); 3] = [
+        ("flash attention", titan_gpu_tests::checks_attention::checks),
+        ("elementwise", titan_gpu_tests::checks_elementwise::checks),
+        ("optimizer", titan_gpu_tests::checks_optim::checks),
+    ];
     for (name, suite) in suites {
         match suite(&opened.device, seed) {
             Ok(checks) => rows.extend(checks.into_iter().map(|c| Row {
