@@ -44,9 +44,19 @@ impl Init {
 
     /// Values for flat elements `[start, start + out.len())` of the parameter named `name`.
     /// Element values depend only on `(seed, name, index)`, so any shard can be drawn alone.
+    /// Large ranges are drawn on all cores (the values do not depend on the split).
     pub fn fill(&self, seed: u64, name: &str, start: u64, out: &mut [f32]) {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        self.fill_threads(seed, name, start, out, threads);
+    }
+
+    /// [`Init::fill`] split over at most `threads` threads.
+    fn fill_threads(&self, seed: u64, name: &str, start: u64, out: &mut [f32], threads: usize) {
         let rng = CounterRng::for_param(seed, name);
-        let fill_range = |chunk_start: u64, chunk: &mut [f32]| match *self {
+        let init = *self;
+        let fill_range = move |chunk_start: u64, chunk: &mut [f32]| match init {
             Init::Zeros => chunk.fill(0.0),
             Init::Ones => chunk.fill(1.0),
             Init::Normal { std } => {
@@ -56,27 +66,41 @@ impl Init {
             }
             Init::TruncNormal { std, a, b } => {
                 for (j, v) in chunk.iter_mut().enumerate() {
-                    *v = rng.trunc_normal(chunk_start + j as u64, std, a, b) as f32;
+                    let i = chunk_start + j as u64;
+                    // The first draw inline, as `CounterRng::trunc_normal` computes it: all but
+                    // a few values in a thousand are accepted there. Calling `trunc_normal` in
+                    // this loop costs 12x more per value (its retry loop blocks a straight-line
+                    // loop body), which made a 1B model's init take a minute.
+                    let x = std * rng.normal(i, 0);
+                    *v = if x >= a && x <= b {
+                        x as f32
+                    } else {
+                        trunc_normal_redraw(&rng, i, std, a, b) as f32
+                    };
                 }
             }
         };
-        // Large tensors are drawn on all cores: a 1B model's init should take seconds.
-        const CHUNK: usize = 1 << 20;
-        if out.len() <= CHUNK {
+        // Below this a thread costs more than it saves (a value takes ~40 ns).
+        const MIN_PER_THREAD: usize = 1 << 16;
+        if threads <= 1 || out.len() < 2 * MIN_PER_THREAD {
             fill_range(start, out);
             return;
         }
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        let per_thread = out.len().div_ceil(threads).max(CHUNK);
+        let per_thread = out.len().div_ceil(threads).max(MIN_PER_THREAD);
         std::thread::scope(|s| {
             for (t, chunk) in out.chunks_mut(per_thread).enumerate() {
-                let fill_range = &fill_range;
                 s.spawn(move || fill_range(start + (t * per_thread) as u64, chunk));
             }
         });
     }
+}
+
+/// The rare rejected first draw of a truncated normal: `trunc_normal` from draw 0 again (it
+/// rejects draw 0 the same way), kept out of line so the common path stays straight.
+#[cold]
+#[inline(never)]
+fn trunc_normal_redraw(rng: &CounterRng, index: u64, std: f64, a: f64, b: f64) -> f64 {
+    rng.trunc_normal(index, std, a, b)
 }
 
 /// What a parameter is, without its values.
@@ -284,6 +308,45 @@ mod tests {
         let mut shard = vec![0f32; 1000];
         init.fill(5, "layers.0.attention.wq.weight", 1000, &mut shard);
         assert_eq!(&full[1000..2000], &shard[..]);
+    }
+
+    #[test]
+    fn fill_equals_the_per_element_draws_whatever_the_split() {
+        let cases = [
+            Init::Normal { std: 1.0 },
+            Init::trunc_normal(0.02),
+            // Narrow cutoffs: most first draws are rejected and redrawn.
+            Init::TruncNormal {
+                std: 1.0,
+                a: -0.5,
+                b: 0.5,
+            },
+            Init::Ones,
+        ];
+        let n = 150_001; // above the threading threshold, not a multiple of the splits
+        let start = 12_345;
+        for init in cases {
+            let name = "layers.3.feed_forward.w2.weight";
+            let rng = CounterRng::for_param(9, name);
+            let want: Vec<u32> = (0..n as u64)
+                .map(|j| {
+                    let i = start + j;
+                    let v = match init {
+                        Init::Zeros => 0.0,
+                        Init::Ones => 1.0,
+                        Init::Normal { std } => std * rng.normal(i, 0),
+                        Init::TruncNormal { std, a, b } => rng.trunc_normal(i, std, a, b),
+                    };
+                    (v as f32).to_bits()
+                })
+                .collect();
+            for threads in [1, 2, 3, 7] {
+                let mut got = vec![0f32; n];
+                init.fill_threads(9, name, start, &mut got, threads);
+                let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+                assert!(got == want, "{init:?} with {threads} threads");
+            }
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use titan_data::Batch;
 use titan_metrics::{
     MetricsConfig, MetricsLogger, StartupInfo, StepMetrics, ValidationMetrics, WindowStats,
 };
-use titan_optim::{clip_with_total_norm, LrScheduler, Optimizer, OptimizerState};
+use titan_optim::{clip_coefficient, GradScale, LrScheduler, Optimizer, OptimizerState};
 
 use crate::data::{BatchSource, DataRequest};
 use crate::device::choose_device;
@@ -332,8 +332,10 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
         let lr = lr_scheduler.lr_at(step);
         {
             let mut params = strategy.optimizer_params(&mut model);
-            clip_with_total_norm(&mut params, cfg.training.max_norm, grad_norm)?;
-            optimizer.step(&mut params, lr)?;
+            // Clipping folded into the step (one pass over the gradients instead of two);
+            // the same update as clip-then-step.
+            let coef = clip_coefficient(cfg.training.max_norm, grad_norm)?;
+            optimizer.step_with_scale(&mut params, lr, &GradScale::Host(coef))?;
         }
         lr_scheduler.step();
         strategy.after_step(&mut model)?;
