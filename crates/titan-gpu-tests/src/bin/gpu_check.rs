@@ -369,6 +369,27 @@ impl Checker {
     }
 }
 
+/// The flash kernel's speed at the anchor shapes (`TITAN_ATTN_BENCH=1`), causal FLOPs as
+/// torchtitan counts them: forward `4 b hq s^2 hd / 2`, backward 2.5x that.
+fn attention_speed(device: &Device) -> Result<()> {
+    titan_core::ops::fused::set_enabled(true);
+    for (b, s, hq, hkv, hd) in [
+        (4, 2048, 32, 8, 64),
+        (1, 8192, 32, 8, 128),
+        (2, 4096, 16, 4, 128),
+    ] {
+        let (fwd_ms, bwd_ms) =
+            titan_gpu_tests::checks_attention::bench(device, b, s, hq, hkv, hd, 20)?;
+        let flops = 4.0 * (b * hq * s * s * hd) as f64 / 2.0;
+        println!(
+            "flash attention b={b} s={s} hq={hq} hkv={hkv} hd={hd}: forward {fwd_ms:.3} ms ({:.0} TFLOP/s), backward {bwd_ms:.3} ms ({:.0} TFLOP/s)",
+            flops / fwd_ms * 1e-9,
+            2.5 * flops / bwd_ms * 1e-9
+        );
+    }
+    Ok(())
+}
+
 fn parse_args() -> Result<(String, u64)> {
     let mut device = "cuda".to_string();
     let mut seed = std::time::SystemTime::now()
@@ -492,6 +513,9 @@ fn run() -> Result<bool> {
         "gpu_check: {} checks, {failures} failed (seed {seed})",
         rows.len()
     );
+    if std::env::var("TITAN_ATTN_BENCH").is_ok_and(|v| v == "1") {
+        attention_speed(&opened.device)?;
+    }
     Ok(failures == 0)
 }
 
