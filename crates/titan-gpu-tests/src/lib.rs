@@ -8,6 +8,7 @@ use candle_core::{DType, Device};
 pub mod checks_attention;
 pub mod checks_elementwise;
 pub mod checks_optim;
+pub mod op_bench;
 
 /// Errors of the GPU programs.
 #[derive(Debug, thiserror::Error)]

@@ -1,23 +1,37 @@
 //! A training-step benchmark with per-phase times (not a test: nothing is asserted).
 //!
-//! `bench --flavor 1B --batch 4 --seq 2048 --steps 30 [--n-layers N] [--ac none|full]
-//!        [--dtype bf16|f32] [--device cuda|cpu] [--lr 3e-4] [--warmup 5] [--fwd-probe 3]`
+//! `bench --flavor 1B --batch 4 --seq 2048 --steps 30 [--n-layers N] [--ac none|full|selective]
+//!        [--dtype bf16|f32] [--device cuda|cpu] [--lr 3e-4] [--warmup 5] [--fwd-probe 3]
+//!        [--fused on|off] [--ops] [--ops-iters 10] [--ops-warmup 2] [--init-only]
+//!        [--profile-steps A-B]`
 //!
 //! Each step mirrors the trainer (synthetic tokens, one microbatch, forward + backward through
-//! the engine's Executor, global-norm clipping at 1.0, AdamW with f32 masters, compute copies
-//! refreshed) with a device synchronization between phases so that each phase's time is its
+//! the engine's Executor, global-norm clipping at 1.0 folded into AdamW with f32 masters,
+//! compute copies refreshed) with a device synchronization between phases so that each phase's time is its
 //! own. Forward alone is timed afterwards on the last batch (`--fwd-probe` passes of
 //! `forward_loss`); backward = forward+backward - forward. Throughput, TFLOP/s and MFU use
 //! torchtitan's FLOPs per token and the second half of the steps, like the anchor figures.
+//!
+//! - `--fused on|off`: titan-core's fused CUDA kernels (default: on unless
+//!   `TITAN_FUSED_KERNELS=0`), for A/B runs of one binary.
+//! - `--ops`: after the summary, free the model and print the per-op table of
+//!   [`titan_gpu_tests::op_bench`] at the same shapes (CUDA events), `--ops-iters` timed calls
+//!   per op after `--ops-warmup`.
+//! - `--init-only`: build and initialize the model, print where launch time went (device open,
+//!   host draw of the initial weights alone, the whole init with upload) and stop.
+//! - `--profile-steps A-B`: call `cuProfilerStart` before step A and `cuProfilerStop` after
+//!   step B, so `ncu --profile-from-start off` or `nsys --capture-range=cudaProfilerApi`
+//!   records only those steps (scripts/top-kernels.sh).
 
 use std::time::Instant;
 
 use candle_core::DType;
 use titan_core::rng::CounterRng;
 use titan_core::{ActivationCheckpoint, Executor, MicrobatchInfo, Module, NoHooks};
+use titan_gpu_tests::op_bench::{self, OpBenchConfig};
 use titan_gpu_tests::{gib, memory, open, parse_dtype, reset_peak, Error, Result};
 use titan_models::llama3::{Llama3, LlamaArgs};
-use titan_optim::{clip_grad_norm, AdamWConfig, LrScheduler, LrSchedulerConfig, Optimizer};
+use titan_optim::{clip_scale, AdamWConfig, LrScheduler, LrSchedulerConfig, Optimizer};
 
 /// H100 SXM dense bf16 peak, the anchors' MFU denominator.
 const PEAK_FLOPS: f64 = 989e12;
@@ -34,6 +48,12 @@ struct Opts {
     lr: f64,
     warmup: u64,
     fwd_probe: usize,
+    fused: Option<bool>,
+    ops: bool,
+    ops_iters: usize,
+    ops_warmup: usize,
+    init_only: bool,
+    profile_steps: Option<(u64, u64)>,
 }
 
 fn parse() -> Result<Opts> {
@@ -49,9 +69,27 @@ fn parse() -> Result<Opts> {
         lr: 3e-4,
         warmup: 5,
         fwd_probe: 3,
+        fused: None,
+        ops: false,
+        ops_iters: 10,
+        ops_warmup: 2,
+        init_only: false,
+        profile_steps: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        // Switches without a value.
+        match a.as_str() {
+            "--ops" => {
+                o.ops = true;
+                continue;
+            }
+            "--init-only" => {
+                o.init_only = true;
+                continue;
+            }
+            _ => {}
+        }
         let v = args.next().ok_or_else(|| Error::Arg {
             arg: a.clone(),
             why: "needs a value".into(),
@@ -73,6 +111,26 @@ fn parse() -> Result<Opts> {
             "--lr" => o.lr = v.parse().map_err(|_| bad("not a number"))?,
             "--warmup" => o.warmup = int(&v)?,
             "--fwd-probe" => o.fwd_probe = int(&v)? as usize,
+            "--fused" => {
+                o.fused = Some(match v.as_str() {
+                    "on" | "1" | "true" => true,
+                    "off" | "0" | "false" => false,
+                    _ => return Err(bad("expected on or off")),
+                })
+            }
+            "--ops-iters" => o.ops_iters = int(&v)? as usize,
+            "--ops-warmup" => o.ops_warmup = int(&v)? as usize,
+            "--profile-steps" => {
+                let range = v
+                    .split_once('-')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .unwrap_or((v.clone(), v.clone()));
+                let (a, b) = (int(&range.0)?, int(&range.1)?);
+                if a == 0 || b < a {
+                    return Err(bad("expected A-B with 1 <= A <= B"));
+                }
+                o.profile_steps = Some((a, b));
+            }
             _ => {
                 return Err(Error::Arg {
                     arg: a.clone(),
@@ -82,7 +140,7 @@ fn parse() -> Result<Opts> {
             }
         }
     }
-    if o.steps < 2 {
+    if o.steps < 2 && !o.init_only {
         return Err(Error::Arg {
             arg: "--steps".into(),
             why: "at least 2 (the first step is warm-up)".into(),
@@ -117,11 +175,59 @@ struct Phases {
     total: f64,
 }
 
+/// Seconds since `t`.
+fn secs(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}
+
+/// Where the time before step 1 went.
+#[derive(Default)]
+struct Launch {
+    open: f64,
+    init: f64,
+}
+
+/// Draw every initial weight on the host only (no upload), as `Param::materialize` does, to
+/// split the init time into host drawing and upload + cast.
+fn host_draw_secs(model: &Llama3, seed: u64) -> f64 {
+    let t = Instant::now();
+    let mut buf: Vec<f32> = Vec::new();
+    for p in model.params() {
+        let spec = p.spec();
+        buf.resize(spec.numel(), 0.0);
+        spec.init.fill(seed, &spec.name, 0, &mut buf);
+    }
+    secs(t)
+}
+
+/// Start or stop the CUDA profiler's capture range (no-op without CUDA).
+fn profiler(on: bool) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::{profiler_start, profiler_stop};
+        let r = if on {
+            profiler_start()
+        } else {
+            profiler_stop()
+        };
+        r.map_err(|e| Error::Candle(candle_core::Error::Msg(format!("CUDA profiler: {e}"))))?;
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = on;
+    Ok(())
+}
+
 fn run() -> Result<()> {
     let launch = Instant::now();
     let o = parse()?;
+    if let Some(on) = o.fused {
+        titan_core::ops::fused::set_enabled(on);
+    }
+    let mut times = Launch::default();
+    let t = Instant::now();
     let opened = open(&o.device)?;
     let dev = opened.device.clone();
+    times.open = secs(t);
     let mut args = LlamaArgs::flavor(&o.flavor)?;
     if let Some(n) = o.n_layers {
         args.n_layers = n;
@@ -129,8 +235,39 @@ fn run() -> Result<()> {
     args.max_seq_len = args.max_seq_len.max(o.seq);
     let mut model = Llama3::new(&args)?;
     model.set_device(&dev, o.dtype, o.seq)?;
+    let t = Instant::now();
     model.init_weights(42)?;
+    dev.synchronize()?;
+    times.init = secs(t);
     let desc = model.describe();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    if o.init_only {
+        let draw = host_draw_secs(&model, 42);
+        let n = desc.num_params() as f64;
+        println!(
+            "init-only: flavor {} ({} layers, {} params), {:?} on {}, {threads} host threads",
+            o.flavor,
+            args.n_layers,
+            desc.num_params(),
+            o.dtype,
+            opened.name
+        );
+        println!("open device      {:.2} s", times.open);
+        println!(
+            "init_weights     {:.2} s (host draw + upload + compute copy; {:.1} ns per parameter)",
+            times.init,
+            times.init * 1e9 / n
+        );
+        println!(
+            "  host draw only {:.2} s ({:.1} ns per parameter, all {threads} threads)",
+            draw,
+            draw * 1e9 / n
+        );
+        println!("launch-to-here   {:.2} s", secs(launch));
+        return Ok(());
+    }
     let flops_per_token = desc.flops_per_token(o.seq) as f64;
     let ac = ActivationCheckpoint::from_options(&o.ac, "op")?;
     let executor = Executor::new(ac);
@@ -145,7 +282,7 @@ fn run() -> Result<()> {
         ..LrSchedulerConfig::default()
     })?;
     println!(
-        "bench: flavor {} ({} layers, {} params), batch {} x seq {}, {:?}, ac {}, {} steps, device {}",
+        "bench: flavor {} ({} layers, {} params), batch {} x seq {}, {:?}, ac {}, {} steps, device {}, fused kernels {}, {threads} host threads",
         o.flavor,
         args.n_layers,
         desc.num_params(),
@@ -154,13 +291,23 @@ fn run() -> Result<()> {
         o.dtype,
         o.ac,
         o.steps,
-        opened.name
+        opened.name,
+        if titan_core::ops::fused::AVAILABLE && titan_core::ops::fused::enabled() {
+            "on"
+        } else {
+            "off"
+        }
     );
     let tokens_per_step = (o.batch * o.seq) as f64;
     let mut phases: Vec<Phases> = Vec::new();
     let mut first_step_at = None;
+    let mut first_step = 0.0;
     let mut last_batch = None;
     for step in 1..=o.steps {
+        if o.profile_steps.is_some_and(|(a, _)| a == step) {
+            dev.synchronize()?;
+            profiler(true)?;
+        }
         let t0 = Instant::now();
         let (tokens, labels) = synthetic(7, step, o.batch, o.seq, args.vocab_size);
         let batch = model.make_batch(&tokens, o.batch, o.seq, None)?;
@@ -180,13 +327,15 @@ fn run() -> Result<()> {
         let t2 = Instant::now();
         let lr = scheduler.lr_at(step);
         let grad_norm = {
+            // As the trainer: the clip coefficient is folded into the AdamW step (one pass
+            // over the gradients); the norm is read back after the step is queued.
             let mut params = model.params_mut();
-            let norm = clip_grad_norm(&mut params, 1.0)?;
-            optimizer.step_and_refresh(&mut params, lr, o.dtype)?;
+            let clip = clip_scale(&params, 1.0)?;
+            optimizer.step_and_refresh_with_scale(&mut params, lr, o.dtype, clip.scale())?;
             for p in params.iter_mut() {
                 p.zero_grad();
             }
-            norm
+            clip.total_norm()?
         };
         scheduler.step();
         dev.synchronize()?;
@@ -197,8 +346,12 @@ fn run() -> Result<()> {
             optim: (t3 - t2).as_secs_f64(),
             total: (t3 - t0).as_secs_f64(),
         };
+        if o.profile_steps.is_some_and(|(_, b)| b == step) {
+            profiler(false)?;
+        }
         if step == 1 {
             first_step_at = Some(launch.elapsed().as_secs_f64());
+            first_step = p.total;
         }
         let mem = memory(&dev)
             .map(|(_, peak, reserved)| {
@@ -282,8 +435,30 @@ fn run() -> Result<()> {
     }
     if let Some(t) = first_step_at {
         println!("launch-to-step-1 {t:.1} s");
+        println!(
+            "  open device {:.1} s, init weights {:.1} s (host draw + upload), step 1 {:.1} s, other {:.1} s",
+            times.open,
+            times.init,
+            first_step,
+            t - times.open - times.init - first_step
+        );
     }
     reset_peak(&dev);
+    if o.ops {
+        // Free the model and its optimizer state first: the op bench builds its own.
+        let attention = model.attention().clone();
+        drop((model, optimizer, executor));
+        let mut cfg = OpBenchConfig::new(o.batch, o.seq);
+        cfg.dtype = o.dtype;
+        cfg.ac = ac;
+        cfg.iters = o.ops_iters;
+        cfg.warmup = o.ops_warmup;
+        let table = op_bench::run(&args, attention, &dev, &cfg, Some(total * 1e3))?;
+        println!("{}", table.markdown());
+        if let Some((_, peak, _)) = memory(&dev) {
+            println!("op bench peak memory {:.2} GiB used", gib(peak));
+        }
+    }
     Ok(())
 }
 
