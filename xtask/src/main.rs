@@ -6,9 +6,12 @@
 //!   conversion between Titan and Hugging Face layouts.
 //! - `tokenizer`: rebuild the embedded corpus and tokenizer from their npm source.
 //! - `bench data`: tokenize+pack throughput on the embedded corpus.
+//! - `bench [gpu]`: build the CUDA bench and run torchtitan's anchor shapes on a visible GPU
+//!   (or print how to run them on the GPU machine).
 
 mod convert;
 mod data_cmds;
+mod gpu_bench;
 
 use std::process::ExitCode;
 
@@ -22,7 +25,9 @@ commands:
   convert --from titan --to hf --input STEP_DIR --output DIR [--flavor F] [--config FILE]
   tokenizer                                         rebuild the embedded corpus and tokenizer (needs npm)
   cuda-build                                        build the CUDA binaries for the GPU machine (scripts/build-cuda.sh)
-  bench data                                        tokenize+pack throughput on one core";
+  bench data                                        tokenize+pack throughput on one core
+  bench [gpu] [--shape 1b|8b-2l|all] [--build-only] [--no-build] [bench args...]
+                                                    build the CUDA bench, run the anchor shapes on a GPU";
 
 /// Removes `--nproc-per-node N` (or `=N`) from the arguments.
 fn take_nproc(args: &mut Vec<String>) -> Result<Option<usize>, String> {
@@ -102,7 +107,7 @@ fn main() -> ExitCode {
         "cuda-build" => cuda_build(&args),
         "bench" => match args.first().map(String::as_str) {
             Some("data") => data_cmds::bench_data_cmd(&args[1..]),
-            _ => Err("usage: cargo xtask bench data".into()),
+            _ => gpu_bench::bench_gpu_cmd(&args),
         },
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
