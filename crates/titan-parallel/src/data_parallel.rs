@@ -32,16 +32,21 @@ pub struct DataParallelConfig {
     pub reshard_after_forward: ReshardAfterForward,
     /// DDP bucket size.
     pub bucket_cap_mb: f64,
+    /// FSDP: prefetch all-gathers and defer reduce-scatter waits so collectives overlap compute
+    /// on device backends (see [`crate::fsdp`]). Default on unless `TITAN_FSDP_OVERLAP=0`.
+    pub overlap: bool,
 }
 
 impl DataParallelConfig {
-    /// Compute in `param_dtype`, reduce in f32, default resharding, 100 MB DDP buckets.
+    /// Compute in `param_dtype`, reduce in f32, default resharding, 100 MB DDP buckets, FSDP
+    /// overlap as [`crate::fsdp::overlap_default`].
     pub fn new(param_dtype: DType) -> Self {
         Self {
             param_dtype,
             reduce_dtype: DType::F32,
             reshard_after_forward: ReshardAfterForward::Default,
             bucket_cap_mb: 100.0,
+            overlap: crate::fsdp::overlap_default(),
         }
     }
 }
@@ -88,6 +93,7 @@ impl DataParallel {
                 reduce_dtype: cfg.reduce_dtype,
                 reshard_after_forward: cfg.reshard_after_forward,
                 pipeline_parallel: dims.pp > 1,
+                overlap: cfg.overlap,
             };
             let replicate =
                 (dims.dp_replicate > 1).then(|| mesh.group(MeshAxis::DpReplicate).clone());

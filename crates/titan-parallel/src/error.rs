@@ -37,6 +37,14 @@ pub enum Error {
         detail: String,
     },
 
+    /// NCCL or the CUDA driver failed (feature `nccl`).
+    #[error("{op} on process group `{group}` (NCCL): {detail}")]
+    Nccl {
+        op: String,
+        group: String,
+        detail: String,
+    },
+
     /// A collective called with arguments it cannot take (checked locally, before any traffic).
     #[error("{op}: {detail}")]
     InvalidArgument { op: String, detail: String },

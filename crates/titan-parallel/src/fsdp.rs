@@ -11,6 +11,14 @@
 //! - after backward: reduce-scatter the unit's gradients (in `reduce_dtype`, one flat
 //!   collective per unit) into the shard gradients, and free the full gradients and weights.
 //!
+//! With `overlap` (the default; `TITAN_FSDP_OVERLAP=0` turns it off) the collectives run
+//! asynchronously on device backends (NCCL's communication stream): `before_forward(u)` /
+//! `before_backward(u)` start the all-gather of the unit that runs next (`u + 1` in forward,
+//! `u - 1` in backward) so it overlaps `u`'s compute, and `after_backward(u)` starts `u`'s
+//! reduce-scatter and folds it into the shard gradients only at the next unit's
+//! `after_backward` (the stem's own at once), so it overlaps that unit's backward. The host
+//! backends complete every collective at once: same results, same order of arithmetic.
+//!
 //! Gradients are *summed* over ranks (torchtitan sets the gradient divide factor to 1): the
 //! loss is already divided by the global number of valid tokens. With gradient accumulation
 //! the reduce-scatter runs after every microbatch (torchtitan's default, so full-size gradients
@@ -24,7 +32,7 @@ use candle_core::{DType, Device, Tensor};
 use titan_core::{BlockHooks, LayeredModel, MicrobatchInfo, Param, UnitId};
 
 use crate::clip::clip_grad_norm_distributed;
-use crate::comm::{Group, ProcessGroup, ReduceOp};
+use crate::comm::{Group, ProcessGroup, ReduceOp, Work};
 use crate::shard::ShardLayout;
 use crate::state::ShardMeta;
 use crate::{Error, Result};
@@ -67,6 +75,18 @@ pub struct FsdpConfig {
     pub reshard_after_forward: ReshardAfterForward,
     /// Whether pipeline parallelism is on (changes what `Default` resharding means).
     pub pipeline_parallel: bool,
+    /// Prefetch the next unit's all-gather and defer each reduce-scatter's wait (see the
+    /// module docs). Default: on, unless `TITAN_FSDP_OVERLAP=0`.
+    pub overlap: bool,
+}
+
+/// Whether FSDP overlaps its collectives with compute by default: yes unless the environment
+/// sets `TITAN_FSDP_OVERLAP=0` (or `false`/`off`), for A/B runs.
+pub fn overlap_default() -> bool {
+    !matches!(
+        std::env::var("TITAN_FSDP_OVERLAP").as_deref(),
+        Ok("0") | Ok("false") | Ok("off")
+    )
 }
 
 impl FsdpConfig {
@@ -77,6 +97,7 @@ impl FsdpConfig {
             reduce_dtype: DType::F32,
             reshard_after_forward: ReshardAfterForward::Default,
             pipeline_parallel: false,
+            overlap: overlap_default(),
         }
     }
 }
@@ -114,6 +135,14 @@ struct FsdpUnit {
     gathered: bool,
 }
 
+/// A unit's reduce-scatter that has been started but not yet folded into the shards.
+#[derive(Debug)]
+struct PendingGrad {
+    ui: usize,
+    work: Work,
+    mb: MicrobatchInfo,
+}
+
 /// FSDP (or HSDP with a replicate group) over a layered model.
 #[derive(Debug)]
 pub struct Fsdp {
@@ -123,6 +152,10 @@ pub struct Fsdp {
     device: Device,
     units: Vec<FsdpUnit>,
     index: HashMap<UnitId, usize>,
+    /// All-gathers started ahead of their unit (by unit index).
+    prefetched: Vec<Option<Work>>,
+    /// Reduce-scatters started but not yet folded into the shard gradients.
+    pending_grads: Vec<PendingGrad>,
 }
 
 impl Fsdp {
@@ -183,6 +216,7 @@ impl Fsdp {
                 gathered: false,
             });
         }
+        let prefetched = units.iter().map(|_| None).collect();
         let fsdp = Self {
             shard_group,
             replicate_group,
@@ -190,6 +224,8 @@ impl Fsdp {
             device: device.clone(),
             units,
             index,
+            prefetched,
+            pending_grads: Vec::new(),
         };
         fsdp.check_same_model()?;
         tracing::info!(
@@ -283,6 +319,7 @@ impl Fsdp {
     /// group; HSDP replicas hold identical gradients and are not counted twice). Returns the
     /// norm before clipping, identical on every rank.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64> {
+        self.finish_pending()?;
         let group = self.shard_group.clone();
         let mut params = self.shard_params_mut();
         clip_grad_norm_distributed(&mut params, max_norm, &[group.as_ref()])
@@ -309,13 +346,33 @@ impl Fsdp {
     }
 
     fn check_between_passes(&self, what: &str) -> Result<()> {
-        match self.units.iter().find(|u| u.gathered) {
-            Some(u) => Err(Error::Sharding(format!(
-                "{what} during a pass (unit {} is gathered): call it between steps, or release_all first",
+        let busy = self.units.iter().enumerate().find(|(i, u)| {
+            u.gathered
+                || self.prefetched[*i].is_some()
+                || self.pending_grads.iter().any(|p| p.ui == *i)
+        });
+        match busy {
+            Some((_, u)) => Err(Error::Sharding(format!(
+                "{what} during a pass (unit {} is gathered or has collectives in flight): call it between steps, or release_all first",
                 u.id
             ))),
             None => Ok(()),
         }
+    }
+
+    /// Collectives started and not yet finished: prefetched all-gathers and reduce-scatters
+    /// not yet folded in. Zero between passes.
+    pub fn in_flight(&self) -> usize {
+        self.prefetched.iter().filter(|w| w.is_some()).count() + self.pending_grads.len()
+    }
+
+    /// Folds every reduce-scatter still in flight into the shard gradients. The last unit's
+    /// `after_backward` does this already; call it if a pass ends some other way.
+    pub fn finish_pending(&mut self) -> Result<()> {
+        for p in std::mem::take(&mut self.pending_grads) {
+            self.finish_reduce(p)?;
+        }
+        Ok(())
     }
 
     /// What this rank holds of the parameter named `name`.
@@ -407,6 +464,11 @@ impl Fsdp {
     /// Frees any gathered weights and pending full gradients left in `model` (after a pass
     /// that failed midway), so the next pass starts clean.
     pub fn release_all<M: LayeredModel>(&mut self, model: &mut M) {
+        // Dropping in-flight work is safe: its buffers are released in stream order.
+        self.pending_grads.clear();
+        for w in &mut self.prefetched {
+            *w = None;
+        }
         for u in &mut self.units {
             for p in model.unit_params_mut(u.id) {
                 p.release_compute();
@@ -438,9 +500,8 @@ impl Fsdp {
         Ok(ui)
     }
 
-    /// All-gathers unit `ui`'s shards into the parameters' compute copies.
-    fn gather(&mut self, ui: usize, params: &mut [&mut Param]) -> Result<()> {
-        let n = self.shard_group.size();
+    /// Starts the all-gather of unit `ui`'s shards (cast to `param_dtype`, padded, flat).
+    fn start_gather(&self, ui: usize) -> Result<Work> {
         let unit = &self.units[ui];
         let mut pieces = Vec::with_capacity(unit.params.len());
         for s in &unit.params {
@@ -448,7 +509,37 @@ impl Fsdp {
             pieces.push(padded_flat(&m, s.layout.padded_elems())?);
         }
         let flat = Tensor::cat(&pieces, 0)?;
-        let gathered = self.shard_group.all_gather(&flat)?;
+        drop(pieces);
+        if self.cfg.overlap {
+            self.shard_group.all_gather_async(&flat)
+        } else {
+            Ok(Work::done(self.shard_group.all_gather(&flat)?))
+        }
+    }
+
+    /// Starts gathering unit `ui` ahead of its hook, if it will need it and has not started.
+    fn prefetch(&mut self, ui: usize) -> Result<()> {
+        if !self.cfg.overlap
+            || ui >= self.units.len()
+            || self.units[ui].gathered
+            || self.prefetched[ui].is_some()
+        {
+            return Ok(());
+        }
+        self.prefetched[ui] = Some(self.start_gather(ui)?);
+        Ok(())
+    }
+
+    /// All-gathers unit `ui`'s shards into the parameters' compute copies (finishing the
+    /// prefetch if one was started).
+    fn gather(&mut self, ui: usize, params: &mut [&mut Param]) -> Result<()> {
+        let n = self.shard_group.size();
+        let work = match self.prefetched[ui].take() {
+            Some(w) => w,
+            None => self.start_gather(ui)?,
+        };
+        let gathered = work.wait()?;
+        let unit = &self.units[ui];
         for (s, p) in unit.params.iter().zip(params.iter_mut()) {
             let parts = (0..n)
                 .map(|r| {
@@ -474,13 +565,8 @@ impl Fsdp {
         self.units[ui].gathered = false;
     }
 
-    /// Reduce-scatters unit `ui`'s full gradients into its shard gradients.
-    fn reduce_grads(
-        &mut self,
-        ui: usize,
-        params: &mut [&mut Param],
-        mb: MicrobatchInfo,
-    ) -> Result<()> {
+    /// Starts the reduce-scatter of unit `ui`'s full gradients (taken from `params`).
+    fn start_reduce(&self, ui: usize, params: &mut [&mut Param]) -> Result<Work> {
         let n = self.shard_group.size();
         let rdt = self.cfg.reduce_dtype;
         let unit = &self.units[ui];
@@ -504,7 +590,21 @@ impl Fsdp {
         }
         let input = Tensor::cat(&pieces, 0)?;
         drop((pieces, padded));
-        let mine = self.shard_group.reduce_scatter(&input, ReduceOp::Sum)?;
+        if self.cfg.overlap {
+            self.shard_group.reduce_scatter_async(&input, ReduceOp::Sum)
+        } else {
+            Ok(Work::done(
+                self.shard_group.reduce_scatter(&input, ReduceOp::Sum)?,
+            ))
+        }
+    }
+
+    /// Folds a finished reduce-scatter into its unit's shard gradients (and, after the last
+    /// microbatch, sums them over the HSDP replicas).
+    fn finish_reduce(&mut self, p: PendingGrad) -> Result<()> {
+        let PendingGrad { ui, work, mb } = p;
+        let rdt = self.cfg.reduce_dtype;
+        let mine = work.wait()?;
         let unit = &mut self.units[ui];
         for s in &mut unit.params {
             let g = mine.narrow(0, s.wire_offset, s.layout.local_elems())?;
@@ -615,9 +715,13 @@ impl BlockHooks for Fsdp {
         _mb: MicrobatchInfo,
     ) -> titan_core::Result<()> {
         let ui = self.unit_index(unit, params)?;
+        // Normally empty here: the previous pass's last unit folded everything in.
+        self.finish_pending()?;
         if !(self.units[ui].gathered && params.iter().all(|p| p.has_compute())) {
             self.gather(ui, params)?;
         }
+        // The next unit's weights travel while this one computes.
+        self.prefetch(ui + 1)?;
         Ok(())
     }
 
@@ -645,6 +749,9 @@ impl BlockHooks for Fsdp {
         if !(self.units[ui].gathered && params.iter().all(|p| p.has_compute())) {
             self.gather(ui, params)?;
         }
+        if let Some(prev) = ui.checked_sub(1) {
+            self.prefetch(prev)?;
+        }
         Ok(())
     }
 
@@ -655,8 +762,15 @@ impl BlockHooks for Fsdp {
         mb: MicrobatchInfo,
     ) -> titan_core::Result<()> {
         let ui = self.unit_index(unit, params)?;
-        self.reduce_grads(ui, params, mb)?;
+        let work = self.start_reduce(ui, params)?;
         self.release(ui, params);
+        // The previous unit's reduce-scatter ran during this unit's backward: fold it in now.
+        self.finish_pending()?;
+        self.pending_grads.push(PendingGrad { ui, work, mb });
+        // Without overlap, and after the last unit of the backward pass, nothing may wait.
+        if !self.cfg.overlap || ui == 0 {
+            self.finish_pending()?;
+        }
         Ok(())
     }
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use crate::comm::host_group::HostGroup;
 use crate::comm::tcp::TcpTransport;
+use candle_core::Device;
+
 use crate::comm::{local_world, Group};
 use crate::env::DistEnv;
 use crate::store::{StoreClient, StoreServer};
@@ -39,7 +41,7 @@ impl CommOptions {
 }
 
 /// The rendezvous of one job: rank 0 hosts the store, every rank holds a connection to it.
-/// Backends build their world from it (TCP now; NCCL will publish its unique id through it).
+/// Backends build their world from it (TCP; NCCL publishes its unique ids through it).
 #[derive(Debug)]
 pub struct Rendezvous {
     env: DistEnv,
@@ -123,6 +125,13 @@ impl Rendezvous {
         Ok(value)
     }
 
+    /// The world over NCCL on `device` (a CUDA device: this rank's GPU). The store stays with
+    /// the world: sub-groups exchange their NCCL unique ids through it, with bounded waits.
+    #[cfg(feature = "nccl")]
+    pub fn nccl_world(self, device: &Device, timeout: Duration) -> Result<Group> {
+        crate::comm::nccl::world(&self.env, self.store, self.server, device, timeout)
+    }
+
     /// The world over TCP sockets between all ranks (collectives wait at most `timeout`).
     pub fn tcp_world(&self, timeout: Duration) -> Result<Group> {
         // Peers dial the address this host uses to reach the store: loopback stays loopback.
@@ -179,4 +188,60 @@ pub fn init_process_group(env: &DistEnv, opts: &CommOptions) -> Result<Group> {
     );
     let rdzv = Rendezvous::connect(env, opts.init_timeout)?;
     rdzv.tcp_world(opts.init_timeout)
+}
+
+/// The world group for a job whose tensors live on `device`: NCCL when `device` is a CUDA
+/// device and this build has feature `nccl` (each rank passes its own GPU, usually
+/// `LOCAL_RANK`), else [`init_process_group`]. `TITAN_DIST_BACKEND=tcp` forces the host
+/// backend (collectives then copy device tensors through host memory).
+pub fn init_process_group_on(env: &DistEnv, opts: &CommOptions, device: &Device) -> Result<Group> {
+    let forced = std::env::var("TITAN_DIST_BACKEND").ok();
+    match forced.as_deref() {
+        None | Some("") | Some("auto") | Some("nccl") | Some("tcp") => {}
+        Some(other) => {
+            return Err(Error::Env {
+                var: "TITAN_DIST_BACKEND".into(),
+                value: other.into(),
+                reason: "expected `nccl`, `tcp` or `auto` (unset)".into(),
+            })
+        }
+    }
+    let want_nccl = device.is_cuda() && env.world_size > 1 && forced.as_deref() != Some("tcp");
+    if !want_nccl {
+        if forced.as_deref() == Some("nccl") && env.world_size > 1 {
+            return Err(Error::Config(format!(
+                "TITAN_DIST_BACKEND=nccl needs a CUDA device, but this rank's tensors live on {device:?}"
+            )));
+        }
+        return init_process_group(env, opts);
+    }
+    nccl_or_host(env, opts, device)
+}
+
+#[cfg(feature = "nccl")]
+fn nccl_or_host(env: &DistEnv, opts: &CommOptions, device: &Device) -> Result<Group> {
+    tracing::info!(
+        rank = env.rank,
+        world_size = env.world_size,
+        master = %format!("{}:{}", env.master_addr, env.master_port),
+        "initializing the NCCL process group"
+    );
+    let rdzv = Rendezvous::connect(env, opts.init_timeout)?;
+    rdzv.nccl_world(device, opts.init_timeout)
+}
+
+#[cfg(not(feature = "nccl"))]
+fn nccl_or_host(env: &DistEnv, opts: &CommOptions, _device: &Device) -> Result<Group> {
+    if std::env::var("TITAN_DIST_BACKEND").as_deref() == Ok("nccl") {
+        return Err(Error::Config(
+            "TITAN_DIST_BACKEND=nccl, but this build has no NCCL: rebuild with `--features cuda,nccl` \
+             (TITAN_CUDA_FEATURES=cuda,nccl bash scripts/build-cuda.sh)"
+                .into(),
+        ));
+    }
+    tracing::warn!(
+        "this build has no NCCL (feature `nccl`): collectives on GPU tensors go through host \
+         memory over TCP and will be slow; rebuild with `--features cuda,nccl`"
+    );
+    init_process_group(env, opts)
 }

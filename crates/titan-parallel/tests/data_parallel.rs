@@ -104,6 +104,41 @@ fn bitwise_equal_layouts() {
 }
 
 #[test]
+fn fsdp_overlap_changes_no_bits() {
+    // Prefetched all-gathers and deferred reduce-scatters reorder the collectives, not the
+    // arithmetic: on the host backends the results must be bitwise those of the plain path.
+    for base in [
+        Layout {
+            accum: 2,
+            ac: ActivationCheckpoint::Full,
+            reshard: ReshardAfterForward::Always,
+            ..Layout::new(1, 3, 3)
+        },
+        Layout {
+            accum: 3,
+            ..Layout::new(2, 2, 4)
+        },
+        Layout {
+            reshard: ReshardAfterForward::Never,
+            ..Layout::new(1, -1, 2)
+        },
+    ] {
+        let on = train(Layout {
+            overlap: true,
+            ..base
+        });
+        let off = train(Layout {
+            overlap: false,
+            ..base
+        });
+        check_ranks_agree(&on);
+        assert_eq!(on[0].0.losses, off[0].0.losses);
+        assert_eq!(on[0].0.norms, off[0].0.norms);
+        assert!(bitwise_same(&on[0].0.params, &off[0].0.params));
+    }
+}
+
+#[test]
 fn bf16_gather_tracks_the_f32_reference() {
     let reference = reference(1.0);
     let runs = train(Layout {

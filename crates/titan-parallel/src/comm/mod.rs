@@ -5,14 +5,21 @@
 //!   for tests and CI;
 //! - TCP ([`crate::init::init_process_group`]): one process per rank over sockets, for
 //!   `--nproc-per-node N` on a CPU machine and for bootstrap;
-//! - NCCL (planned, `nccl` feature): device collectives on CUDA streams.
+//! - NCCL (feature `nccl`, [`crate::init::init_process_group_on`] with a CUDA device): device
+//!   collectives on a communication stream, ordered against candle's stream with CUDA events.
 //!
 //! Both host backends run the same star-shaped algorithms (see [`host_group`]): results are
 //! bitwise deterministic and identical on every rank; every wait is bounded by the timeout.
+//!
+//! The `*_async` collectives return a [`Work`] whose [`Work::wait`] gives the result: on NCCL
+//! the collective runs on the communication stream while the caller queues more compute; the
+//! host backends complete at once (their default implementations).
 
 pub(crate) mod host_group;
 pub(crate) mod local;
 pub(crate) mod mailbox;
+#[cfg(feature = "nccl")]
+pub(crate) mod nccl;
 pub(crate) mod payload;
 pub(crate) mod tcp;
 pub(crate) mod transport;
@@ -41,6 +48,47 @@ pub enum ReduceOp {
 
 /// A shared handle to a process group.
 pub type Group = Arc<dyn ProcessGroup>;
+
+/// A collective in flight on a device backend, finished by [`PendingWork::wait`].
+pub trait PendingWork: Send + std::fmt::Debug {
+    /// Orders later work on the caller's stream after the collective and returns its result.
+    fn wait(self: Box<Self>) -> Result<Tensor>;
+}
+
+/// The result of an `*_async` collective: [`Work::wait`] gives the tensor. Until then the
+/// collective may still be running, so its input must not be modified. Dropping a `Work`
+/// without waiting is safe (its buffers are released in stream order) but loses the result.
+#[derive(Debug)]
+pub struct Work(WorkState);
+
+#[derive(Debug)]
+enum WorkState {
+    Done(Tensor),
+    Pending(Box<dyn PendingWork>),
+}
+
+impl Work {
+    /// A collective that has already completed.
+    pub fn done(t: Tensor) -> Self {
+        Self(WorkState::Done(t))
+    }
+    /// A collective still running.
+    pub fn pending(p: Box<dyn PendingWork>) -> Self {
+        Self(WorkState::Pending(p))
+    }
+    /// Whether the collective may still be running (always false on the host backends).
+    pub fn is_pending(&self) -> bool {
+        matches!(self.0, WorkState::Pending(_))
+    }
+    /// The result. On a device backend this orders the caller's stream after the collective;
+    /// it does not block the host.
+    pub fn wait(self) -> Result<Tensor> {
+        match self.0 {
+            WorkState::Done(t) => Ok(t),
+            WorkState::Pending(p) => p.wait(),
+        }
+    }
+}
 
 /// A set of ranks that run collectives together.
 ///
@@ -79,6 +127,21 @@ pub trait ProcessGroup: Send + Sync + std::fmt::Debug {
     fn recv(&self, shape: &Shape, dtype: DType, src: usize, device: &Device) -> Result<Tensor>;
     /// Returns once every member has called it.
     fn barrier(&self) -> Result<()>;
+
+    /// [`ProcessGroup::all_reduce`] that may still be running when it returns.
+    fn all_reduce_async(&self, t: &Tensor, op: ReduceOp) -> Result<Work> {
+        self.all_reduce(t, op).map(Work::done)
+    }
+    /// [`ProcessGroup::all_gather`] that may still be running when it returns (FSDP's
+    /// prefetch of the next unit).
+    fn all_gather_async(&self, t: &Tensor) -> Result<Work> {
+        self.all_gather(t).map(Work::done)
+    }
+    /// [`ProcessGroup::reduce_scatter`] that may still be running when it returns (FSDP's
+    /// gradient reduction overlapping the next unit's backward).
+    fn reduce_scatter_async(&self, t: &Tensor, op: ReduceOp) -> Result<Work> {
+        self.reduce_scatter(t, op).map(Work::done)
+    }
 
     /// MPI-style split, collective over this group: members with the same `color` form a new
     /// group ordered by (`key`, old rank); `None` joins no group (and gets `None`).

@@ -180,6 +180,8 @@ pub struct Layout {
     pub param_dtype: DType,
     pub reshard: ReshardAfterForward,
     pub ac: ActivationCheckpoint,
+    /// FSDP prefetch / deferred reduce-scatter.
+    pub overlap: bool,
 }
 
 impl Layout {
@@ -194,6 +196,7 @@ impl Layout {
             param_dtype: DType::F32,
             reshard: ReshardAfterForward::Default,
             ac: ActivationCheckpoint::None,
+            overlap: true,
         }
     }
 }
@@ -206,6 +209,7 @@ pub fn train_rank(world: Group, layout: Layout) -> (Run, &'static str, usize) {
     let mut model = new_model(layout.param_dtype);
     let cfg = DataParallelConfig {
         reshard_after_forward: layout.reshard,
+        overlap: layout.overlap,
         ..DataParallelConfig::new(layout.param_dtype)
     };
     let mut dp =
@@ -258,7 +262,7 @@ pub fn train_rank(world: Group, layout: Layout) -> (Run, &'static str, usize) {
                 .unwrap();
             local_loss += scalar(&r.loss);
         }
-        if let DataParallel::Fsdp(_) = &dp {
+        if let DataParallel::Fsdp(f) = &dp {
             assert!(
                 model
                     .params()
@@ -266,6 +270,7 @@ pub fn train_rank(world: Group, layout: Layout) -> (Run, &'static str, usize) {
                     .all(|p| !p.has_compute() && p.grad().is_none()),
                 "weights resharded after backward"
             );
+            assert_eq!(f.in_flight(), 0, "every collective finished by the pass");
         }
         losses.push(sum_f64(mesh.loss().as_ref(), local_loss).unwrap());
         norms.push(dp.clip_grad_norm(&mut model, layout.max_norm).unwrap());

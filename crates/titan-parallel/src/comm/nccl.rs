@@ -1,0 +1,694 @@
+//! The NCCL backend (feature `nccl`): collectives on CUDA tensors through cudarc's NCCL
+//! bindings, on a communication stream of their own.
+//!
+//! **Streams and lifetimes.** candle runs every kernel on one stream per device (the compute
+//! stream) with cudarc's event tracking off, so nothing orders work across streams but this
+//! module. Each world has one communication stream, forked from the compute stream and shared
+//! by all of its groups: NCCL calls run in the order the rank issues them, the same order on
+//! every rank (SPMD), so communicators cannot deadlock each other. A collective
+//! 1. allocates its output on the compute stream and records an event there (`ready`: the
+//!    input's producers and the output's allocation are done when it fires);
+//! 2. makes the communication stream wait for `ready`, enqueues the NCCL call and records
+//!    `done` on the communication stream;
+//! 3. returns an [`NcclWork`] holding the input and the output. [`PendingWork::wait`] makes the
+//!    compute stream wait for `done` and only then lets the input go: candle frees memory with
+//!    `cuMemFreeAsync` on the compute stream, so a free enqueued after that wait cannot hand
+//!    memory NCCL still reads to a new tensor. Dropping a work unwaited does the same wait.
+//!
+//! The host never blocks in a collective (only [`ProcessGroup::barrier`] and teardown do):
+//! the synchronous collectives are the asynchronous ones waited at once (two events each).
+//! Work must be waited on the thread that issued it (candle's compute stream is per thread).
+//! `TITAN_NCCL_STREAM=compute` enqueues NCCL on the compute stream itself instead: no overlap,
+//! no cross-stream ordering to get wrong (a fallback for diagnosis).
+//!
+//! **Failures.** NCCL cannot time out or name a missing rank by itself. Communicator creation
+//! is guarded by the TCP store: every member announces itself and waits for the others with the
+//! group's timeout, naming who did not come, before the blocking `ncclCommInitRank`. During
+//! training a watchdog thread polls every collective's `done` event and each communicator's
+//! asynchronous error. A collective still running after the timeout, or an NCCL error, aborts
+//! every communicator (kernels waiting on a dead peer then return) and fails every later call
+//! with [`Error::Timeout`] or [`Error::Nccl`]. The culprit is named from progress counters each
+//! watchdog publishes in the store (how many collectives this rank issued on each
+//! communicator): the members that never issued the stuck collective. A process that does not
+//! notice the failure within 30 s (stuck elsewhere) is ended with status 1 by the
+//! watchdog, so the launcher tears the job down instead of hanging.
+//! `TITAN_NCCL_WATCHDOG=0` turns the watchdog off.
+
+mod buffers;
+mod runtime;
+mod watchdog;
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use candle_core::cuda_backend::cudarc::driver::CudaStream;
+use candle_core::cuda_backend::cudarc::nccl::{result as nr, sys as ns};
+use candle_core::{DType, Device, Shape, Tensor};
+
+use self::buffers::{address, cuda_of, nccl_dtype, nccl_op, output, NcclWork};
+use self::runtime::{driver_err, error_text, load_library, prepare_environment, RawComm, Runtime};
+use self::watchdog::{lock, watchdog, Watch, Watched};
+use crate::comm::{Group, PendingWork, ProcessGroup, ReduceOp, Work};
+use crate::env::DistEnv;
+use crate::store::{StoreClient, StoreServer};
+use crate::{Error, Result};
+
+/// The world group over NCCL on `device`, created from the rendezvous' store.
+pub(crate) fn world(
+    env: &DistEnv,
+    store: StoreClient,
+    server: Option<Arc<StoreServer>>,
+    device: &Device,
+    timeout: Duration,
+) -> Result<Group> {
+    const OP: &str = "initializing the NCCL process group";
+    let cuda = match device {
+        Device::Cuda(d) => d.clone(),
+        other => {
+            return Err(Error::InvalidArgument {
+                op: OP.into(),
+                detail: format!("NCCL needs a CUDA device, got {other:?}"),
+            })
+        }
+    };
+    prepare_environment();
+    let version = load_library()?;
+    let compute = cuda.cuda_stream();
+    let ctx = compute.context().clone();
+    ctx.bind_to_thread()
+        .map_err(|e| driver_err(OP, "world", "binding the CUDA context", e))?;
+    let comm_stream = compute
+        .fork()
+        .map_err(|e| driver_err(OP, "world", "creating the communication stream", e))?;
+    let watch = Arc::new(Watch {
+        ctx: ctx.clone(),
+        timeout_ms: AtomicU64::new(timeout.as_millis() as u64),
+        queue: Mutex::new(Vec::new()),
+        failure: Mutex::new(None),
+        observed: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        comms: Mutex::new(Vec::new()),
+        watching: AtomicBool::new(false),
+    });
+    let watchdog = if std::env::var("TITAN_NCCL_WATCHDOG").as_deref() == Ok("0") {
+        tracing::warn!(
+            "TITAN_NCCL_WATCHDOG=0: NCCL collectives are not timed; a lost peer hangs the job"
+        );
+        None
+    } else {
+        // Its own store connection: the training thread may hold the other one in a wait.
+        let store = StoreClient::connect(&env.master_addr, env.master_port, timeout).ok();
+        let w = watch.clone();
+        let me = env.rank;
+        watch.watching.store(true, Ordering::SeqCst);
+        Some(
+            std::thread::Builder::new()
+                .name("titan-nccl-watchdog".into())
+                .spawn(move || {
+                    watchdog(w.clone(), store, me);
+                    w.watching.store(false, Ordering::SeqCst);
+                    lock(&w.queue).clear();
+                })
+                .map_err(|e| Error::io("spawning the NCCL watchdog thread", e))?,
+        )
+    };
+    let on_compute = match std::env::var("TITAN_NCCL_STREAM").as_deref() {
+        Err(_) | Ok("") | Ok("comm") => false,
+        Ok("compute") => true,
+        Ok(other) => {
+            return Err(Error::Env {
+                var: "TITAN_NCCL_STREAM".into(),
+                value: other.into(),
+                reason: "expected `comm` (default: a stream of its own) or `compute`".into(),
+            })
+        }
+    };
+    tracing::info!(
+        rank = env.rank,
+        gpu = ctx.ordinal(),
+        stream = if on_compute { "compute" } else { "comm" },
+        nccl = %format!("{}.{}.{}", version / 10000, (version / 100) % 100, version % 100),
+        nvls = %std::env::var("NCCL_NVLS_ENABLE").unwrap_or_default(),
+        "NCCL backend"
+    );
+    let rt = Arc::new(Runtime {
+        device: device.clone(),
+        ctx,
+        comm_stream,
+        on_compute,
+        store,
+        _server: server,
+        rank: env.rank,
+        world_size: env.world_size,
+        comms: Mutex::new(HashMap::new()),
+        issue: Mutex::new(()),
+        watch,
+        watchdog: Mutex::new(watchdog),
+    });
+    let members: Vec<usize> = (0..env.world_size).collect();
+    let comm = rt.communicator("world", "world", &members, env.rank)?;
+    Ok(Arc::new(NcclGroup::new(
+        rt,
+        comm,
+        "world".into(),
+        "world".into(),
+        members,
+        env.rank,
+    )))
+}
+
+/// A process group over one NCCL communicator (none for a group of one).
+pub(crate) struct NcclGroup {
+    rt: Arc<Runtime>,
+    comm: Option<Arc<RawComm>>,
+    name: String,
+    /// Store key prefix, identical on every member.
+    key: String,
+    members: Vec<usize>,
+    me: usize,
+    splits: AtomicU64,
+    barriers: AtomicU64,
+}
+
+impl std::fmt::Debug for NcclGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "nccl group `{}` (rank {} of {})",
+            self.name,
+            self.me,
+            self.members.len()
+        )
+    }
+}
+
+/// A prepared collective: its contiguous input and fresh output, with their addresses.
+struct Call {
+    op: &'static str,
+    input: Tensor,
+    src: u64,
+    output: Tensor,
+    dst: u64,
+    compute: Arc<CudaStream>,
+}
+
+impl NcclGroup {
+    fn new(
+        rt: Arc<Runtime>,
+        comm: Option<Arc<RawComm>>,
+        name: String,
+        key: String,
+        members: Vec<usize>,
+        me: usize,
+    ) -> Self {
+        Self {
+            rt,
+            comm,
+            name,
+            key,
+            members,
+            me,
+            splits: AtomicU64::new(0),
+            barriers: AtomicU64::new(0),
+        }
+    }
+
+    fn invalid(op: &str, detail: String) -> Error {
+        Error::InvalidArgument {
+            op: op.to_string(),
+            detail,
+        }
+    }
+
+    fn check_rank(&self, op: &str, what: &str, r: usize) -> Result<()> {
+        if r >= self.members.len() {
+            return Err(Self::invalid(
+                op,
+                format!(
+                    "{what} {r} is not a rank of group `{}` (size {})",
+                    self.name,
+                    self.members.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_reduce_op(op: &str, dtype: DType, r: ReduceOp) -> Result<()> {
+        if r == ReduceOp::Avg && !dtype.is_float() {
+            return Err(Self::invalid(
+                op,
+                format!("ReduceOp::Avg needs a float tensor, got {dtype:?}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn dim0(op: &str, t: &Tensor) -> Result<usize> {
+        t.dims().first().copied().ok_or_else(|| {
+            Self::invalid(
+                op,
+                "a 0-dimensional tensor has no dim 0: reshape it to [1] first".into(),
+            )
+        })
+    }
+
+    /// The contiguous input, its address, and a fresh output of `out_shape`, all on the
+    /// input's device.
+    fn prepare(&self, op: &'static str, t: &Tensor, out_shape: Shape) -> Result<Call> {
+        self.rt.watch.check()?;
+        let dev = cuda_of(op, t)?;
+        let input = t.contiguous()?;
+        let compute = dev.cuda_stream();
+        let src = address(&input, &compute)?;
+        let (output, dst) = output(&dev, out_shape, t.dtype())?;
+        Ok(Call {
+            op,
+            input,
+            src,
+            output,
+            dst,
+            compute,
+        })
+    }
+
+    /// Queues `nccl` on the communication stream after the compute stream's current work and
+    /// returns the pending work (see the module docs).
+    fn launch(
+        &self,
+        op: &'static str,
+        compute: Arc<CudaStream>,
+        keep: Vec<Tensor>,
+        output: Option<Tensor>,
+        nccl: impl FnOnce(ns::ncclComm_t, ns::cudaStream_t) -> std::result::Result<(), nr::NcclError>,
+    ) -> Result<NcclWork> {
+        self.rt.watch.check()?;
+        let comm = self.comm.as_ref().ok_or_else(|| {
+            Self::invalid(op, format!("group `{}` has no communicator", self.name))
+        })?;
+        let rt = &self.rt;
+        let _serial = lock(&rt.issue);
+        let cuda = |what: &str, e: candle_core::cuda_backend::cudarc::driver::DriverError| {
+            driver_err(op, &self.name, what, e)
+        };
+        rt.ctx
+            .bind_to_thread()
+            .map_err(|e| cuda("binding the CUDA context", e))?;
+        let stream = if rt.on_compute {
+            compute.clone()
+        } else {
+            let ready = rt
+                .ctx
+                .new_event(None)
+                .map_err(|e| cuda("creating an event", e))?;
+            ready
+                .record(&compute)
+                .map_err(|e| cuda("recording on the compute stream", e))?;
+            rt.comm_stream
+                .wait(&ready)
+                .map_err(|e| cuda("ordering the communication stream", e))?;
+            rt.comm_stream.clone()
+        };
+        nccl(comm.handle, stream.cu_stream() as ns::cudaStream_t).map_err(|e| Error::Nccl {
+            op: op.into(),
+            group: self.name.clone(),
+            detail: error_text(e.0, Some(comm.handle)),
+        })?;
+        let seq = comm.issued.fetch_add(1, Ordering::SeqCst) + 1;
+        let done = match stream.record_event(None) {
+            Ok(ev) => Arc::new(ev),
+            Err(e) => {
+                // NCCL has the buffers: they may go only once the stream is idle, else never.
+                if stream.synchronize().is_err() {
+                    keep.into_iter().chain(output).for_each(std::mem::forget);
+                }
+                return Err(cuda("recording on the communication stream", e));
+            }
+        };
+        rt.watch.follow(Watched {
+            done: done.clone(),
+            issued_at: Instant::now(),
+            comm: comm.clone(),
+            seq,
+            op,
+            group: self.name.clone(),
+        });
+        Ok(NcclWork {
+            op,
+            group: self.name.clone(),
+            compute,
+            done,
+            keep,
+            output,
+            watch: rt.watch.clone(),
+            // On the compute stream, stream order alone keeps later work and frees after it.
+            fenced: rt.on_compute,
+        })
+    }
+
+    fn all_reduce_work(&self, t: &Tensor, op: ReduceOp) -> Result<NcclWork> {
+        const OP: &str = "all_reduce";
+        let dt = nccl_dtype(OP, t.dtype())?;
+        Self::check_reduce_op(OP, t.dtype(), op)?;
+        let c = self.prepare(OP, t, t.shape().clone())?;
+        let (src, dst, count, red) = (c.src, c.dst, c.input.elem_count(), nccl_op(op));
+        self.launch(c.op, c.compute, vec![c.input], Some(c.output), |comm, s| {
+            // SAFETY: `src` and `dst` address `count` elements of live tensors that the work
+            // keeps until the compute stream has waited for the collective.
+            unsafe {
+                nr::all_reduce(
+                    src as *const c_void,
+                    dst as *mut c_void,
+                    count,
+                    dt,
+                    red,
+                    comm,
+                    s,
+                )
+            }
+            .map(|_| ())
+        })
+    }
+
+    fn all_gather_work(&self, t: &Tensor) -> Result<NcclWork> {
+        const OP: &str = "all_gather";
+        let dt = nccl_dtype(OP, t.dtype())?;
+        let d0 = Self::dim0(OP, t)?;
+        let mut dims = t.dims().to_vec();
+        dims[0] = d0 * self.members.len();
+        let c = self.prepare(OP, t, Shape::from(dims))?;
+        let (src, dst, count) = (c.src, c.dst, c.input.elem_count());
+        self.launch(c.op, c.compute, vec![c.input], Some(c.output), |comm, s| {
+            // SAFETY: `src` holds `count` elements, `dst` `count * size`; both stay alive until
+            // the compute stream has waited for the collective.
+            unsafe { nr::all_gather(src as *const c_void, dst as *mut c_void, count, dt, comm, s) }
+                .map(|_| ())
+        })
+    }
+
+    fn reduce_scatter_work(&self, t: &Tensor, op: ReduceOp) -> Result<NcclWork> {
+        const OP: &str = "reduce_scatter";
+        let dt = nccl_dtype(OP, t.dtype())?;
+        Self::check_reduce_op(OP, t.dtype(), op)?;
+        let d0 = Self::dim0(OP, t)?;
+        let n = self.members.len();
+        if d0 % n != 0 {
+            return Err(Self::invalid(
+                OP,
+                format!("dim 0 has size {d0}, not a multiple of the group size {n}: pad the input to a multiple of {n} rows"),
+            ));
+        }
+        let mut dims = t.dims().to_vec();
+        dims[0] = d0 / n;
+        let c = self.prepare(OP, t, Shape::from(dims))?;
+        let (src, dst, count, red) = (c.src, c.dst, c.output.elem_count(), nccl_op(op));
+        self.launch(c.op, c.compute, vec![c.input], Some(c.output), |comm, s| {
+            // SAFETY: `src` holds `count * size` elements, `dst` `count`; both stay alive
+            // until the compute stream has waited for the collective.
+            unsafe {
+                nr::reduce_scatter(
+                    src as *const c_void,
+                    dst as *mut c_void,
+                    count,
+                    dt,
+                    red,
+                    comm,
+                    s,
+                )
+            }
+            .map(|_| ())
+        })
+    }
+}
+
+impl ProcessGroup for NcclGroup {
+    fn rank(&self) -> usize {
+        self.me
+    }
+    fn size(&self) -> usize {
+        self.members.len()
+    }
+    fn global_ranks(&self) -> &[usize] {
+        &self.members
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn backend(&self) -> &'static str {
+        "nccl"
+    }
+    fn device(&self) -> Device {
+        self.rt.device.clone()
+    }
+
+    fn all_reduce(&self, t: &Tensor, op: ReduceOp) -> Result<Tensor> {
+        self.all_reduce_async(t, op)?.wait()
+    }
+    fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
+        self.all_gather_async(t)?.wait()
+    }
+    fn reduce_scatter(&self, t: &Tensor, op: ReduceOp) -> Result<Tensor> {
+        self.reduce_scatter_async(t, op)?.wait()
+    }
+
+    fn all_reduce_async(&self, t: &Tensor, op: ReduceOp) -> Result<Work> {
+        if self.members.len() == 1 {
+            nccl_dtype("all_reduce", t.dtype())?;
+            Self::check_reduce_op("all_reduce", t.dtype(), op)?;
+            return Ok(Work::done(t.clone()));
+        }
+        let w = self.all_reduce_work(t, op)?;
+        Ok(Work::pending(Box::new(w)))
+    }
+    fn all_gather_async(&self, t: &Tensor) -> Result<Work> {
+        if self.members.len() == 1 {
+            Self::dim0("all_gather", t)?;
+            return Ok(Work::done(t.clone()));
+        }
+        let w = self.all_gather_work(t)?;
+        Ok(Work::pending(Box::new(w)))
+    }
+    fn reduce_scatter_async(&self, t: &Tensor, op: ReduceOp) -> Result<Work> {
+        if self.members.len() == 1 {
+            Self::dim0("reduce_scatter", t)?;
+            Self::check_reduce_op("reduce_scatter", t.dtype(), op)?;
+            return Ok(Work::done(t.clone()));
+        }
+        let w = self.reduce_scatter_work(t, op)?;
+        Ok(Work::pending(Box::new(w)))
+    }
+
+    fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor> {
+        const OP: &str = "broadcast";
+        self.check_rank(OP, "root", root)?;
+        if self.members.len() == 1 {
+            return Ok(t.clone());
+        }
+        let dt = nccl_dtype(OP, t.dtype())?;
+        let c = self.prepare(OP, t, t.shape().clone())?;
+        let (src, dst, count) = (c.src, c.dst, c.input.elem_count());
+        let w = self.launch(c.op, c.compute, vec![c.input], Some(c.output), |comm, s| {
+            // SAFETY: `src` (read on the root only) and `dst` hold `count` elements of tensors
+            // the work keeps alive until the compute stream has waited for it.
+            unsafe {
+                nr::broadcast(
+                    src as *const c_void,
+                    dst as *mut c_void,
+                    count,
+                    dt,
+                    root as i32,
+                    comm,
+                    s,
+                )
+            }
+            .map(|_| ())
+        })?;
+        Box::new(w).wait()
+    }
+
+    fn send(&self, t: &Tensor, dst: usize) -> Result<()> {
+        const OP: &str = "send";
+        self.check_rank(OP, "destination", dst)?;
+        if dst == self.me {
+            return Err(Self::invalid(OP, "a rank cannot send to itself".into()));
+        }
+        let dt = nccl_dtype(OP, t.dtype())?;
+        self.rt.watch.check()?;
+        let dev = cuda_of(OP, t)?;
+        let input = t.contiguous()?;
+        let compute = dev.cuda_stream();
+        let src = address(&input, &compute)?;
+        let count = input.elem_count();
+        let mut w = self.launch(OP, compute, vec![input], None, |comm, s| {
+            // SAFETY: `src` holds `count` elements of a tensor kept until the compute stream
+            // has waited for the send.
+            unsafe { nr::send(src as *const c_void, count, dt, dst as i32, comm, s) }.map(|_| ())
+        })?;
+        w.fence()
+    }
+
+    fn recv(&self, shape: &Shape, dtype: DType, src: usize, device: &Device) -> Result<Tensor> {
+        const OP: &str = "recv";
+        self.check_rank(OP, "source", src)?;
+        if src == self.me {
+            return Err(Self::invalid(
+                OP,
+                "a rank cannot receive from itself".into(),
+            ));
+        }
+        let dt = nccl_dtype(OP, dtype)?;
+        self.rt.watch.check()?;
+        let dev = match device {
+            Device::Cuda(d) => d.clone(),
+            other => {
+                return Err(Self::invalid(
+                    OP,
+                    format!("the NCCL backend receives into CUDA memory, got {other:?}"),
+                ))
+            }
+        };
+        let (out, dst) = output(&dev, shape.clone(), dtype)?;
+        let count = shape.elem_count();
+        let w = self.launch(OP, dev.cuda_stream(), Vec::new(), Some(out), |comm, s| {
+            // SAFETY: `dst` holds `count` elements of a tensor the work keeps until the compute
+            // stream has waited for the receive.
+            unsafe { nr::recv(dst as *mut c_void, count, dt, src as i32, comm, s) }.map(|_| ())
+        })?;
+        Box::new(w).wait()
+    }
+
+    fn barrier(&self) -> Result<()> {
+        const OP: &str = "barrier";
+        self.rt.watch.check()?;
+        let timeout = self.rt.timeout();
+        // Collectives this rank queued before the barrier are finished when it returns.
+        self.rt.drain(timeout).map_err(|detail| Error::Nccl {
+            op: OP.into(),
+            group: self.name.clone(),
+            detail,
+        })?;
+        if self.members.len() == 1 {
+            return Ok(());
+        }
+        let n = self.barriers.fetch_add(1, Ordering::SeqCst) + 1;
+        self.rt.store_barrier(
+            &format!("titan/nccl/{}/barrier{n}", self.key),
+            OP,
+            &self.name,
+            &self.members,
+            self.me,
+            timeout,
+        )
+    }
+
+    fn split(&self, color: Option<u32>, key: u32, name: &str) -> Result<Option<Group>> {
+        const OP: &str = "split";
+        self.rt.watch.check()?;
+        let n = self.splits.fetch_add(1, Ordering::SeqCst) + 1;
+        let base = format!("titan/nccl/{}/split{n}", self.key);
+        let slot = |g: usize| format!("{base}/{g}");
+        let mut mine = color.map_or(-1i64, i64::from).to_le_bytes().to_vec();
+        mine.extend_from_slice(&key.to_le_bytes());
+        self.rt.store.set(&slot(self.members[self.me]), &mine)?;
+        let start = Instant::now();
+        let keys: Vec<String> = self.members.iter().map(|&g| slot(g)).collect();
+        let absent = self.rt.store.wait(&keys, self.rt.timeout())?;
+        if !absent.is_empty() {
+            return Err(Error::Timeout {
+                op: OP.into(),
+                group: self.name.clone(),
+                missing: self
+                    .members
+                    .iter()
+                    .copied()
+                    .filter(|&g| absent.contains(&slot(g)))
+                    .collect(),
+                waited_s: start.elapsed().as_secs_f64(),
+            });
+        }
+        let Some(color) = color else { return Ok(None) };
+        let mut same = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            let v = self.rt.store.get(k)?.unwrap_or_default();
+            if v.len() != 12 {
+                return Err(Error::Store {
+                    addr: self.rt.store.addr().to_string(),
+                    detail: format!("`{k}` holds {} bytes, not a split color and key", v.len()),
+                });
+            }
+            let c = i64::from_le_bytes(v[..8].try_into().unwrap_or([0; 8]));
+            let kk = u32::from_le_bytes(v[8..].try_into().unwrap_or([0; 4]));
+            if c == i64::from(color) {
+                same.push((kk, i));
+            }
+        }
+        same.sort();
+        let members: Vec<usize> = same.iter().map(|&(_, i)| self.members[i]).collect();
+        let me = members
+            .iter()
+            .position(|&g| g == self.members[self.me])
+            .unwrap_or(0);
+        let child_key = format!("{}/c{n}.{color}", self.key);
+        let child_name = format!("{name}{members:?}");
+        let comm = self
+            .rt
+            .communicator(&child_key, &child_name, &members, me)?;
+        Ok(Some(Arc::new(NcclGroup::new(
+            self.rt.clone(),
+            comm,
+            child_name,
+            child_key,
+            members,
+            me,
+        ))))
+    }
+
+    fn split_by_ranks(&self, parts: &[Vec<usize>], name: &str) -> Result<Option<Group>> {
+        const OP: &str = "split_by_ranks";
+        let mut seen = HashSet::new();
+        for part in parts {
+            for &r in part {
+                self.check_rank(OP, "rank", r)?;
+                if !seen.insert(r) {
+                    return Err(Self::invalid(
+                        OP,
+                        format!("rank {r} is listed in more than one part of {parts:?}"),
+                    ));
+                }
+            }
+        }
+        self.rt.watch.check()?;
+        let n = self.splits.fetch_add(1, Ordering::SeqCst) + 1;
+        let Some(idx) = parts.iter().position(|p| p.contains(&self.me)) else {
+            return Ok(None);
+        };
+        let members: Vec<usize> = parts[idx].iter().map(|&r| self.members[r]).collect();
+        let me = parts[idx].iter().position(|&r| r == self.me).unwrap_or(0);
+        let child_key = format!("{}/s{n}.{idx}", self.key);
+        let child_name = format!("{name}{members:?}");
+        let comm = self
+            .rt
+            .communicator(&child_key, &child_name, &members, me)?;
+        Ok(Some(Arc::new(NcclGroup::new(
+            self.rt.clone(),
+            comm,
+            child_name,
+            child_key,
+            members,
+            me,
+        ))))
+    }
+
+    fn timeout(&self) -> Duration {
+        self.rt.timeout()
+    }
+    fn set_timeout(&self, timeout: Duration) {
+        self.rt
+            .watch
+            .timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
+    }
+}
