@@ -3,6 +3,7 @@
 #
 #   bash scripts/build-cuda.sh                 # trainer + gpu_check + bench
 #   TITAN_CUDA_BINS="gpu_check" bash scripts/build-cuda.sh
+#   TITAN_CUDA_FEATURES=cuda,nccl TITAN_CUDA_BINS="train nccl_check" bash scripts/build-cuda.sh   # multi-GPU
 #
 # What it does, and why:
 #  1. Installs nvcc 13.0 from NVIDIA's PyPI wheels (scripts/cuda-env.sh, or
@@ -61,6 +62,8 @@ export RUSTFLAGS="${RUSTFLAGS:-} -L native=$CUDART_STATIC_DIR"
 export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-2}"
 PATCH_ARG="patch.crates-io.candle-core.path=\"$PATCHED\""
 BINS=${TITAN_CUDA_BINS:-"train gpu_check bench"}
+# `cuda,nccl` adds the NCCL process-group backend (multi-GPU training, nccl_check).
+FEATURES=${TITAN_CUDA_FEATURES:-cuda}
 OUTDIR="$ROOT/.device/bin"
 mkdir -p "$OUTDIR"
 for bin in $BINS; do
@@ -68,10 +71,11 @@ for bin in $BINS; do
     train)     pkg=titan-trainer;   args=(--example train); src=examples/train ;;
     bench)     pkg=titan-gpu-tests; args=(--bin bench); src=bench ;;
     gpu_check) pkg=titan-gpu-tests; args=(--bin gpu_check); src=gpu_check ;;
-    *) log "unknown binary '$bin' (known: train bench gpu_check)"; exit 1 ;;
+    nccl_check) pkg=titan-gpu-tests; args=(--bin nccl_check); src=nccl_check ;;
+    *) log "unknown binary '$bin' (known: train bench gpu_check nccl_check)"; exit 1 ;;
   esac
-  log "cargo build --release -p $pkg ${args[*]} --features cuda"
-  cargo build --release --config "$PATCH_ARG" -p "$pkg" "${args[@]}" --features cuda
+  log "cargo build --release -p $pkg ${args[*]} --features $FEATURES"
+  cargo build --release --config "$PATCH_ARG" -p "$pkg" "${args[@]}" --features "$FEATURES"
   src="$CARGO_TARGET_DIR/release/$src"
   strip -o "$OUTDIR/$bin" "$src"
   # Each binary embeds candle's kernels (about 50 MB): gzip for the device tool's 64 MiB

@@ -5,7 +5,7 @@ use candle_core::{DType, Device};
 use titan_config::JobConfig;
 use titan_core::{BlockHooks, LayeredModel, Module, Param};
 use titan_parallel::{
-    init_process_group, max_f64, sum_f64, CommOptions, DataParallel, DataParallelConfig,
+    init_process_group_on, max_f64, sum_f64, CommOptions, DataParallel, DataParallelConfig,
     DeviceMesh, DistEnv, Group, ParallelDims, ReshardAfterForward, ShardInit,
 };
 
@@ -70,14 +70,21 @@ impl DataParallelStrategy {
 }
 
 /// Join the job this process was launched into (torchrun or Slurm variables), or a one-rank
-/// world when there is none.
+/// world when there is none. On a CUDA device (`training.device`, GPU `LOCAL_RANK`) the world
+/// runs on NCCL when the build has feature `nccl`.
 pub fn world_from_env(cfg: &JobConfig) -> Result<(DistEnv, Group)> {
     let env = DistEnv::from_env().map_err(perr)?;
     let opts = CommOptions::from_seconds(
         cfg.comm.init_timeout_seconds,
         cfg.comm.train_timeout_seconds,
     );
-    let world = init_process_group(&env, &opts).map_err(perr)?;
+    // The backend follows the device the run trains on (train_with opens the same GPU).
+    let device = if env.world_size > 1 {
+        crate::device::choose_device(cfg, env.local_rank)?.device
+    } else {
+        Device::Cpu
+    };
+    let world = init_process_group_on(&env, &opts, &device).map_err(perr)?;
     Ok((env, world))
 }
 
