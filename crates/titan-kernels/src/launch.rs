@@ -7,9 +7,9 @@
 //! `cuMemFreeAsync` on that same stream).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use candle_core::cuda_backend::cudarc::driver::{sys, CudaFunction, DevicePtr};
+use candle_core::cuda_backend::cudarc::driver::{sys, CudaFunction, CudaModule, DevicePtr};
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::cuda_backend::{CudaDevice, CudaStorage};
 use candle_core::op::BackpropOp;
@@ -53,20 +53,11 @@ fn functions() -> &'static Mutex<HashMap<FuncKey, CudaFunction>> {
     F.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-fn modules() -> &'static Mutex<
-    HashMap<
-        (usize, &'static str),
-        std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaModule>,
-    >,
-> {
-    static M: OnceLock<
-        Mutex<
-            HashMap<
-                (usize, &'static str),
-                std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaModule>,
-            >,
-        >,
-    > = OnceLock::new();
+type ModuleKey = (usize, &'static str);
+type ModuleMap = HashMap<ModuleKey, Arc<CudaModule>>;
+
+fn modules() -> &'static Mutex<ModuleMap> {
+    static M: OnceLock<Mutex<ModuleMap>> = OnceLock::new();
     M.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
@@ -115,12 +106,12 @@ pub fn preload(device: &candle_core::Device) -> Result<usize> {
     let ordinal = stream.context().ordinal();
     let mut mods = modules().lock().unwrap();
     for c in ALL {
-        if !mods.contains_key(&(ordinal, c.name)) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = mods.entry((ordinal, c.name)) {
             let m = stream
                 .context()
                 .load_module(Ptx::from_binary(c.bytes.to_vec()))
                 .map_err(|e| Error::Driver(format!("loading {}.cubin: {e}", c.name)))?;
-            mods.insert((ordinal, c.name), m);
+            slot.insert(m);
         }
     }
     Ok(ALL.len())
