@@ -113,6 +113,10 @@ pub fn restore<M: TrainableModel, S: Strategy<M>>(
             p.set_master(t.to_device(&device)?)?;
         }
     }
+    if strategy.refresh_in_step() {
+        // after_step leaves compute copies to the optimizer step on such strategies.
+        model.refresh_compute()?;
+    }
     strategy.after_step(model)?;
 
     let blobs = &loaded.blobs;

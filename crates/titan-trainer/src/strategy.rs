@@ -49,7 +49,14 @@ pub trait Strategy<M: TrainableModel>: Send {
     fn optimizer_params<'a>(&'a mut self, model: &'a mut M) -> Vec<&'a mut Param>;
     /// Squared L2 norm of all gradients across every rank (no double counting of replicas).
     fn global_grad_sq_norm(&mut self, model: &mut M) -> Result<f64>;
-    /// After the optimizer step: make compute copies current, drop gradients.
+    /// Whether the optimizer step itself rebuilds the compute copies of the parameters it
+    /// steps (they are the model's own parameters, as on one device): the fused AdamW
+    /// writes them in the same pass, and [`Strategy::after_step`] then skips its refresh.
+    fn refresh_in_step(&self) -> bool {
+        false
+    }
+    /// After the optimizer step: make compute copies current (unless
+    /// [`Strategy::refresh_in_step`]), drop gradients.
     fn after_step(&mut self, model: &mut M) -> Result<()>;
     /// Where each optimizer parameter sits globally (for checkpoints).
     fn layout(&self, model: &M, name: &str) -> Option<ShardLayout>;
@@ -100,8 +107,11 @@ impl<M: TrainableModel> Strategy<M> for SingleDevice {
     fn global_grad_sq_norm(&mut self, model: &mut M) -> Result<f64> {
         Ok(titan_optim::local_sq_norm(&model.params())?)
     }
+    fn refresh_in_step(&self) -> bool {
+        true
+    }
     fn after_step(&mut self, model: &mut M) -> Result<()> {
-        model.refresh_compute()?;
+        // The step rebuilt the compute copies (refresh_in_step).
         for p in model.params_mut() {
             p.zero_grad();
         }

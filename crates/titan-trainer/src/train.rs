@@ -331,11 +331,17 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
         }
         let lr = lr_scheduler.lr_at(step);
         {
+            let refresh_in_step = strategy.refresh_in_step();
+            let compute_dtype = device.compute_dtype;
             let mut params = strategy.optimizer_params(&mut model);
             // Clipping folded into the step (one pass over the gradients instead of two);
             // the same update as clip-then-step.
-            let coef = clip_coefficient(cfg.training.max_norm, grad_norm)?;
-            optimizer.step_with_scale(&mut params, lr, &GradScale::Host(coef))?;
+            let scale = GradScale::Host(clip_coefficient(cfg.training.max_norm, grad_norm)?);
+            if refresh_in_step {
+                optimizer.step_and_refresh_with_scale(&mut params, lr, compute_dtype, &scale)?;
+            } else {
+                optimizer.step_with_scale(&mut params, lr, &scale)?;
+            }
         }
         lr_scheduler.step();
         strategy.after_step(&mut model)?;

@@ -59,6 +59,21 @@ impl Linear {
         Ok(d_x)
     }
 
+    /// [`Linear::backward`] for a layer whose input also fed other layers: accumulates `dW`
+    /// and returns `acc + d_y W`, where `acc` is the input gradient from those layers (on
+    /// the fused path the product is added into `acc` in place by the GEMM itself, with one
+    /// rounding, instead of a separate add pass; `acc` must be a gradient this caller owns).
+    pub fn backward_acc(&mut self, x: &Tensor, d_y: &Tensor, acc: Tensor) -> Result<Tensor> {
+        self.backward_weight(x, d_y)?;
+        let w = self.weight.compute()?;
+        let (dy2, _) = flatten_rows(d_y)?;
+        let (acc2, lead) = flatten_rows(&acc)?;
+        if let Some(sum) = super::fused::gemm::accumulate_input_grad(&dy2, w, &acc2)? {
+            return unflatten_rows(&sum, &lead);
+        }
+        Ok((acc + self.backward_input(d_y)?)?)
+    }
+
     /// Only `d_x = d_y W`.
     pub fn backward_input(&self, d_y: &Tensor) -> Result<Tensor> {
         let w = self.weight.compute()?;

@@ -307,7 +307,8 @@ impl Block for LlamaBlock {
         let d_g = self.w2.backward(&g, d_out)?;
         drop(g);
         let (d_a, d_b) = swiglu_backward(&a, &b, &d_g)?;
-        let d_n2 = (self.w1.backward(&n2, &d_a)? + self.w3.backward(&n2, &d_b)?)?;
+        let d_n2 = self.w1.backward(&n2, &d_a)?;
+        let d_n2 = self.w3.backward_acc(&n2, &d_b, d_n2)?;
         let d_h = (d_out + self.ffn_norm.backward(&h, &rstd2, &d_n2)?)?;
 
         // Attention branch.
@@ -328,8 +329,9 @@ impl Block for LlamaBlock {
             (Some(n), Some(r)) => (n, r),
             _ => self.attention_norm.forward(&x)?,
         };
-        let d_n1 = ((self.wq.backward(&n1, &d_q)? + self.wk.backward(&n1, &d_k)?)?
-            + self.wv.backward(&n1, &d_v)?)?;
+        let d_n1 = self.wq.backward(&n1, &d_q)?;
+        let d_n1 = self.wk.backward_acc(&n1, &d_k, d_n1)?;
+        let d_n1 = self.wv.backward_acc(&n1, &d_v, d_n1)?;
         let d_x = (d_h + self.attention_norm.backward(&x, &rstd1, &d_n1)?)?;
         Ok(d_x)
     }

@@ -42,3 +42,20 @@ pub fn accumulate_weight_grad(x: &Tensor, d_y: &Tensor, w: &mut Param) -> Result
         Ok(false)
     }
 }
+
+/// `acc += d_y w` in place with one cuBLAS GEMM (bf16, f32 accumulation, one rounding), for
+/// `d_y (rows, out)`, `w (out, in)` and `acc (rows, in)` bf16 CUDA tensors; `None` when the
+/// kernel does not apply (the caller adds a separately computed product).
+pub fn accumulate_input_grad(d_y: &Tensor, w: &Tensor, acc: &Tensor) -> Result<Option<Tensor>> {
+    if !(super::applies(d_y) && super::applies(w) && super::applies(acc)) {
+        return Ok(None);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        super::lift(titan_kernels::gemm::input_grad_acc_bf16(d_y, w, acc))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Ok(None)
+    }
+}
