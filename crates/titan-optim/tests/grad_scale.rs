@@ -5,8 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use titan_core::testing::randn;
 use titan_core::{Init, Param};
 use titan_optim::{
-    clip_coefficient, clip_grad_norm, clip_scale, AdamWConfig, Error, GradScale, Optimizer,
-    Result,
+    clip_coefficient, clip_grad_norm, clip_scale, AdamWConfig, Error, GradScale, Optimizer, Result,
 };
 
 fn params(seed: u64, step: u64) -> Result<Vec<Param>> {
@@ -18,7 +17,14 @@ fn params(seed: u64, step: u64) -> Result<Vec<Param>> {
             randn(seed, name, n, 0.5, DType::F32, &dev)?,
             Init::Zeros,
         )?;
-        let g = randn(seed + step, &format!("{name}.grad"), n, 3.0, DType::F32, &dev)?;
+        let g = randn(
+            seed + step,
+            &format!("{name}.grad"),
+            n,
+            3.0,
+            DType::F32,
+            &dev,
+        )?;
         p.set_grad(Some(g))?;
         out.push(p);
     }
@@ -42,7 +48,10 @@ fn scaled_step_equals_clip_then_step() -> Result<()> {
             if step > 0 {
                 for (a, b) in clipped.iter_mut().zip(scaled.iter_mut()) {
                     let fresh = params(1, step)?;
-                    let g = fresh.iter().find(|p| p.name() == a.name()).expect("same names");
+                    let g = fresh
+                        .iter()
+                        .find(|p| p.name() == a.name())
+                        .expect("same names");
                     a.set_grad(g.grad().cloned())?;
                     b.set_grad(g.grad().cloned())?;
                 }
