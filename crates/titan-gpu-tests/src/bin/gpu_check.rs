@@ -109,7 +109,22 @@ impl Checker {
         let dx = lin.backward(&xd, &self.put(&r)?)?;
         self.check("linear dx", &dx, Self::grad(&grads, &xv)?)?;
         let dw = lin.weight.grad().cloned();
-        self.check("linear dw", &dw.unwrap_or(dx), Self::grad(&grads, &wv)?)
+        self.check("linear dw", &dw.unwrap_or(dx), Self::grad(&grads, &wv)?)?;
+        // backward_acc: d_x added into a gradient the caller holds (in place when fused),
+        // dW accumulated a second time.
+        let acc = self.randn("lin.acc", (2, 64, 96), 1.0)?;
+        let summed = lin.backward_acc(&xd, &self.put(&r)?, self.put(&acc)?)?;
+        self.check(
+            "linear backward_acc (acc + dx)",
+            &summed,
+            &(Self::grad(&grads, &xv)? + &acc)?,
+        )?;
+        let dw2 = lin.weight.grad().cloned().unwrap_or(summed);
+        self.check(
+            "linear dw accumulated twice",
+            &dw2,
+            &(Self::grad(&grads, &wv)? * 2.0)?,
+        )
     }
 
     fn embedding(&mut self) -> Result<()> {
