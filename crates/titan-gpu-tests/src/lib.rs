@@ -7,6 +7,7 @@ use candle_core::{DType, Device};
 
 pub mod checks_attention;
 pub mod checks_elementwise;
+pub mod checks_norm;
 pub mod checks_optim;
 pub mod op_bench;
 

@@ -1,14 +1,26 @@
-//! Fused RMSNorm forward (saving the reciprocal RMS) and backward (dx and an f32 dw).
+//! Fused RMSNorm forward (saving the reciprocal RMS) and backward (dx and an f32 dw), with
+//! residual forms: forward from `x + r` (writing the bf16 sum `h` too) and backward adding a
+//! residual gradient into `dx` before its single rounding.
+//!
+//! Rows whose vectors fit in registers (dim % 8 == 0, 16-byte aligned, dim <= 16384) run the
+//! `*_reg{1,2}` kernels, which read every input once; any other shape runs the generic kernels.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use candle_core::cuda_backend::cudarc::driver::{sys, CudaFunction};
+use candle_core::cuda_backend::CudaDevice;
 use candle_core::{DType, Tensor};
 
-use crate::error::{unsupported, Result};
+use crate::error::{unsupported, Error, Result};
 use crate::launch::{
     alloc, cubin, cuda_device, expect, function, launch, ptr, set_dynamic_smem, Cubin,
 };
 
 pub(crate) const CUBIN: Cubin = cubin!("norm");
 const KERNEL: &str = "rmsnorm";
+/// The register kernels' block limit (`__launch_bounds__(1024)` in norm.cu).
+const REG_MAX_THREADS: usize = 1024;
 
 fn rows_dim(x: &Tensor, w: &Tensor) -> Result<(usize, usize)> {
     let dim = x.dim(candle_core::D::Minus1)?;
@@ -29,6 +41,97 @@ fn vectorizable(dim: usize, ptrs: &[u64]) -> i32 {
     i32::from(dim % 8 == 0 && ptrs.iter().all(|p| p % 16 == 0))
 }
 
+/// The register kernel for `dim` (vectors per thread, threads), if one fits.
+fn reg_plan(dim: usize, vec: i32) -> Option<(usize, usize)> {
+    if vec == 0 {
+        return None;
+    }
+    let nvec = dim / 8;
+    [1usize, 2]
+        .into_iter()
+        .find(|nv| nvec.div_ceil(*nv) <= REG_MAX_THREADS)
+        .map(|nv| (nv, nvec.div_ceil(nv).next_multiple_of(32)))
+}
+
+fn reg_name(fwd: bool, nv: usize) -> &'static str {
+    match (fwd, nv) {
+        (true, 1) => "rmsnorm_fwd_reg1_bf16",
+        (true, _) => "rmsnorm_fwd_reg2_bf16",
+        (false, 1) => "rmsnorm_bwd_reg1_bf16",
+        (false, _) => "rmsnorm_bwd_reg2_bf16",
+    }
+}
+
+/// Blocks of `threads` that fit on the whole device at once (cached per device, kernel and
+/// block size), so the backward can size one wave of blocks.
+fn resident_blocks(
+    dev: &CudaDevice,
+    f: &CudaFunction,
+    name: &'static str,
+    threads: usize,
+    smem: usize,
+) -> Result<usize> {
+    type Key = (usize, &'static str, usize, usize);
+    static CACHE: OnceLock<Mutex<HashMap<Key, usize>>> = OnceLock::new();
+    let ctx = dev.cuda_stream().context().clone();
+    let key = (ctx.ordinal(), name, threads, smem);
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(n) = cache.lock().unwrap().get(&key) {
+        return Ok(*n);
+    }
+    let driver =
+        |e: candle_core::cuda_backend::cudarc::driver::DriverError| Error::Driver(e.to_string());
+    let sms = ctx
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_err(driver)?;
+    let per_sm = f
+        .occupancy_max_active_blocks_per_multiprocessor(threads as u32, smem, None)
+        .map_err(driver)?;
+    let n = (sms.max(1) as usize) * (per_sm.max(1) as usize);
+    cache.lock().unwrap().insert(key, n);
+    Ok(n)
+}
+
+/// Shape of the per-row `rstd`: like `x` with a last dimension of 1.
+fn rstd_shape(x: &Tensor) -> Vec<usize> {
+    let mut s = x.dims().to_vec();
+    if let Some(last) = s.last_mut() {
+        *last = 1;
+    }
+    s
+}
+
+/// Launch the forward; `pr`/`ph` are 0 without a residual.
+#[allow(clippy::too_many_arguments)]
+fn forward_launch(
+    dev: &CudaDevice,
+    rows: usize,
+    dim: usize,
+    eps: f64,
+    px: u64,
+    pr: u64,
+    pw: u64,
+    ph: u64,
+    py: u64,
+    prs: u64,
+) -> Result<()> {
+    let (nrows, ndim, feps) = (rows as i32, dim as i32, eps as f32);
+    let mut ptrs = vec![px, pw, py];
+    if pr != 0 {
+        ptrs.extend([pr, ph]);
+    }
+    let vec = vectorizable(dim, &ptrs);
+    let grid = (rows as u32, 1, 1);
+    if let Some((nv, threads)) = reg_plan(dim, vec) {
+        let f = function(dev, &CUBIN, reg_name(true, nv))?;
+        launch!(dev, f, grid, threads, 0; px, pr, pw, ph, py, prs, nrows, ndim, feps)
+    } else {
+        let f = function(dev, &CUBIN, "rmsnorm_fwd_bf16")?;
+        let threads = if dim >= 2048 { 256 } else { 128 };
+        launch!(dev, f, grid, threads, 0; px, pr, pw, ph, py, prs, nrows, ndim, feps, vec)
+    }
+}
+
 /// `x (..., dim)` bf16 contiguous, `w (dim)` bf16: returns `y` like `x` and `rstd (..., 1)` f32.
 pub fn rmsnorm_forward(x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
     let dev = cuda_device(KERNEL, x)?;
@@ -36,19 +139,45 @@ pub fn rmsnorm_forward(x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tens
     expect(KERNEL, "weight", w, DType::BF16, true)?;
     let (rows, dim) = rows_dim(x, w)?;
     let y = alloc(&dev, x.shape(), DType::BF16, false)?;
-    let mut rshape = x.dims().to_vec();
-    *rshape.last_mut().unwrap() = 1;
-    let rstd = alloc(&dev, rshape, DType::F32, false)?;
+    let rstd = alloc(&dev, rstd_shape(x), DType::F32, false)?;
     if rows == 0 {
         return Ok((y, rstd));
     }
-    let f = function(&dev, &CUBIN, "rmsnorm_fwd_bf16")?;
-    let (px, pw, py, pr) = (ptr(x)?, ptr(w)?, ptr(&y)?, ptr(&rstd)?);
-    let (nrows, ndim, feps) = (rows as i32, dim as i32, eps as f32);
-    let threads = if dim >= 2048 { 256 } else { 128 };
-    let vec = vectorizable(dim, &[px, pw, py]);
-    launch!(dev, f, (rows as u32, 1, 1), threads, 0; px, pw, py, pr, nrows, ndim, feps, vec)?;
+    let (px, pw, py, prs) = (ptr(x)?, ptr(w)?, ptr(&y)?, ptr(&rstd)?);
+    forward_launch(&dev, rows, dim, eps, px, 0, pw, 0, py, prs)?;
     Ok((y, rstd))
+}
+
+/// Add + norm in one pass: `h = x + r` (bf16, rounded once exactly as candle's bf16 add),
+/// `y = norm(h) * w` computed from the rounded `h`, and `rstd (..., 1)` f32. `x` and `r` are
+/// bf16 contiguous of the same shape.
+pub fn rmsnorm_forward_residual(
+    x: &Tensor,
+    r: &Tensor,
+    w: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let dev = cuda_device(KERNEL, x)?;
+    expect(KERNEL, "x", x, DType::BF16, true)?;
+    expect(KERNEL, "residual", r, DType::BF16, true)?;
+    expect(KERNEL, "weight", w, DType::BF16, true)?;
+    if r.dims() != x.dims() {
+        return unsupported(
+            KERNEL,
+            format!("residual {:?} does not match x {:?}", r.dims(), x.dims()),
+        );
+    }
+    let (rows, dim) = rows_dim(x, w)?;
+    let h = alloc(&dev, x.shape(), DType::BF16, false)?;
+    let y = alloc(&dev, x.shape(), DType::BF16, false)?;
+    let rstd = alloc(&dev, rstd_shape(x), DType::F32, false)?;
+    if rows == 0 {
+        return Ok((h, y, rstd));
+    }
+    let (px, pr, pw) = (ptr(x)?, ptr(r)?, ptr(w)?);
+    let (ph, py, prs) = (ptr(&h)?, ptr(&y)?, ptr(&rstd)?);
+    forward_launch(&dev, rows, dim, eps, px, pr, pw, ph, py, prs)?;
+    Ok((h, y, rstd))
 }
 
 /// Gradient of [`rmsnorm_forward`]: returns `dx` (bf16, like `x`) and `dw (dim)` f32.
@@ -57,6 +186,28 @@ pub fn rmsnorm_backward(
     w: &Tensor,
     rstd: &Tensor,
     dy: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    backward(x, w, rstd, dy, None)
+}
+
+/// [`rmsnorm_backward`] with a residual gradient: returns `d_res + dx` (bf16, added in f32
+/// before one rounding) and `dw (dim)` f32. `d_res` is bf16 contiguous like `x`.
+pub fn rmsnorm_backward_residual(
+    x: &Tensor,
+    w: &Tensor,
+    rstd: &Tensor,
+    dy: &Tensor,
+    d_res: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    backward(x, w, rstd, dy, Some(d_res))
+}
+
+fn backward(
+    x: &Tensor,
+    w: &Tensor,
+    rstd: &Tensor,
+    dy: &Tensor,
+    d_res: Option<&Tensor>,
 ) -> Result<(Tensor, Tensor)> {
     let dev = cuda_device(KERNEL, x)?;
     expect(KERNEL, "x", x, DType::BF16, true)?;
@@ -67,24 +218,53 @@ pub fn rmsnorm_backward(
     if dy.dims() != x.dims() || rstd.elem_count() != rows {
         return unsupported(KERNEL, "d_y / rstd shapes do not match x");
     }
+    if let Some(d) = d_res {
+        expect(KERNEL, "d_res", d, DType::BF16, true)?;
+        if d.dims() != x.dims() {
+            return unsupported(KERNEL, "d_res shape does not match x");
+        }
+    }
     let dx = alloc(&dev, x.shape(), DType::BF16, false)?;
     let dw = alloc(&dev, dim, DType::F32, true)?;
     if rows == 0 {
         return Ok((dx, dw));
     }
-    let f = function(&dev, &CUBIN, "rmsnorm_bwd_bf16")?;
-    let smem = (dim * 4) as u32;
-    if smem > 48 * 1024 {
-        set_dynamic_smem(&f, smem)?;
-    }
-    // ~4 blocks per SM keeps atomics on dw few (one per column per block).
-    let rows_per_block = rows.div_ceil(132 * 4).max(1);
-    let blocks = rows.div_ceil(rows_per_block) as u32;
     let (px, pw, pr, pdy, pdx, pdw) =
         (ptr(x)?, ptr(w)?, ptr(rstd)?, ptr(dy)?, ptr(&dx)?, ptr(&dw)?);
-    let (nrows, ndim, rpb) = (rows as i32, dim as i32, rows_per_block as i32);
-    let threads = if dim >= 2048 { 256 } else { 128 };
-    let vec = vectorizable(dim, &[px, pw, pdy, pdx]);
-    launch!(dev, f, (blocks, 1, 1), threads, smem; px, pw, pr, pdy, pdx, pdw, nrows, ndim, rpb, vec)?;
+    let pres = match d_res {
+        Some(d) => ptr(d)?,
+        None => 0,
+    };
+    let mut ptrs = vec![px, pw, pdy, pdx];
+    if pres != 0 {
+        ptrs.push(pres);
+    }
+    let vec = vectorizable(dim, &ptrs);
+    let (nrows, ndim) = (rows as i32, dim as i32);
+    if let Some((nv, threads)) = reg_plan(dim, vec) {
+        let name = reg_name(false, nv);
+        let f = function(&dev, &CUBIN, name)?;
+        // One wave of blocks: each keeps w and its dw partials in registers over
+        // `rows_per_block` rows, then adds them to dw (one atomic per column per block).
+        let wave = resident_blocks(&dev, &f, name, threads, 0)?;
+        let rows_per_block = rows.div_ceil(wave).max(1);
+        let blocks = rows.div_ceil(rows_per_block) as u32;
+        let rpb = rows_per_block as i32;
+        launch!(dev, f, (blocks, 1, 1), threads, 0;
+            px, pw, pr, pdy, pres, pdx, pdw, nrows, ndim, rpb)?;
+    } else {
+        let f = function(&dev, &CUBIN, "rmsnorm_bwd_bf16")?;
+        let smem = (dim * 4) as u32;
+        if smem > 48 * 1024 {
+            set_dynamic_smem(&f, smem)?;
+        }
+        // ~4 blocks per SM keeps atomics on dw few (one per column per block).
+        let rows_per_block = rows.div_ceil(132 * 4).max(1);
+        let blocks = rows.div_ceil(rows_per_block) as u32;
+        let rpb = rows_per_block as i32;
+        let threads = if dim >= 2048 { 256 } else { 128 };
+        launch!(dev, f, (blocks, 1, 1), threads, smem;
+            px, pw, pr, pdy, pres, pdx, pdw, nrows, ndim, rpb, vec)?;
+    }
     Ok((dx, dw))
 }

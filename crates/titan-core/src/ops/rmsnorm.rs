@@ -37,6 +37,45 @@ impl RmsNorm {
         Ok((y, rstd))
     }
 
+    /// Add + norm: returns `h = x + r` (the residual stream, in `x`'s dtype), `y = norm(h)`
+    /// and `rstd` as [`RmsNorm::forward`] gives them for `h`. The fused kernel reads `x` and
+    /// `r` once and normalizes the rounded `h`, so its results match add-then-norm (`h` bit
+    /// for bit).
+    pub fn forward_residual(&self, x: &Tensor, r: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        if let Some(out) =
+            super::fused::norm::rmsnorm_forward_residual(x, r, self.weight.compute()?, self.eps)?
+        {
+            return Ok(out);
+        }
+        let h = (x + r)?;
+        let (y, rstd) = self.forward(&h)?;
+        Ok((h, y, rstd))
+    }
+
+    /// [`RmsNorm::backward`] with the residual's gradient folded in: accumulates `dw` and
+    /// returns `d_res + dx` (in `x`'s dtype), where `x` and `rstd` are the forward's (`h` of
+    /// [`RmsNorm::forward_residual`]). The fused kernel adds in f32 and rounds once; the
+    /// composite rounds `dx` and then the sum (two roundings).
+    pub fn backward_residual(
+        &mut self,
+        x: &Tensor,
+        rstd: &Tensor,
+        d_y: &Tensor,
+        d_res: &Tensor,
+    ) -> Result<Tensor> {
+        if let Some((d_x, dw)) = super::fused::norm::rmsnorm_backward_residual(
+            x,
+            self.weight.compute()?,
+            rstd,
+            d_y,
+            d_res,
+        )? {
+            self.weight.accumulate_grad(&dw)?;
+            return Ok(d_x);
+        }
+        Ok((d_res + self.backward(x, rstd, d_y)?)?)
+    }
+
     /// Given the forward's `x` and `rstd`, accumulates `dw` and returns `dx` (in `x`'s dtype).
     pub fn backward(&mut self, x: &Tensor, rstd: &Tensor, d_y: &Tensor) -> Result<Tensor> {
         if let Some((dx, dw)) =
@@ -68,5 +107,45 @@ impl Module for RmsNorm {
     }
     fn params_mut(&mut self) -> Vec<&mut Param> {
         vec![&mut self.weight]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+
+    use super::RmsNorm;
+    use crate::testing::{randn, rel_err};
+    use crate::Result;
+
+    fn norm(dim: usize) -> Result<RmsNorm> {
+        let mut n = RmsNorm::new("n", dim, 1e-5);
+        n.weight.materialize(&Device::Cpu, 0, DType::F32)?;
+        let w = (randn(1, "w", dim, 0.1, DType::F32, &Device::Cpu)? + 1.0)?;
+        n.weight.set_master(w)?;
+        n.weight.refresh_compute(DType::F32)?;
+        Ok(n)
+    }
+
+    #[test]
+    fn residual_forms_match_add_then_norm() -> Result<()> {
+        let (dev, dim) = (Device::Cpu, 24);
+        let t = |name: &str| randn(2, name, (3, 5, dim), 1.0, DType::F32, &dev);
+        let (x, r, dy, d_res) = (t("x")?, t("r")?, t("dy")?, t("d_res")?);
+        let mut a = norm(dim)?;
+        let mut b = a.clone();
+        let (h, y, rstd) = a.forward_residual(&x, &r)?;
+        let h_ref = (&x + &r)?;
+        let (y_ref, rstd_ref) = b.forward(&h_ref)?;
+        assert_eq!(rel_err(&h, &h_ref)?, 0.0);
+        assert!(rel_err(&y, &y_ref)? < 1e-6);
+        assert!(rel_err(&rstd, &rstd_ref)? < 1e-6);
+        let d_h = a.backward_residual(&h, &rstd, &dy, &d_res)?;
+        let d_h_ref = (&d_res + b.backward(&h_ref, &rstd_ref, &dy)?)?;
+        assert!(rel_err(&d_h, &d_h_ref)? < 1e-6);
+        let (dw, dw_ref) = (a.weight.grad().unwrap(), b.weight.grad().unwrap());
+        assert!(rel_err(dw, dw_ref)? < 1e-6);
+        assert_eq!(d_h.dims(), x.dims());
+        Ok(())
     }
 }
