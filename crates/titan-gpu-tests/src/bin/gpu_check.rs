@@ -483,7 +483,8 @@ fn run() -> Result<bool> {
     }
     // The fused kernels' own checks (odd sizes, every layout and mask they take).
     titan_core::ops::fused::set_enabled(true);
-    let suites: [(&str, SuiteFn); 3] = [
+    let suites: [(&str, SuiteFn); 4] = [
+        ("norm residual", titan_gpu_tests::checks_norm::checks),
         ("flash attention", titan_gpu_tests::checks_attention::checks),
         ("elementwise", titan_gpu_tests::checks_elementwise::checks),
         ("optimizer", titan_gpu_tests::checks_optim::checks),

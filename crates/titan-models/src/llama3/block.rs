@@ -224,9 +224,8 @@ impl Block for LlamaBlock {
             .forward(&q, &k, &v, &ctx.mask, self.scale())?;
         let o = Self::from_heads(&o_heads)?;
         let attn_out = self.wo.forward(&o)?;
-        let h = (x + &attn_out)?;
-        // Feed-forward branch.
-        let (n2, rstd2) = self.ffn_norm.forward(&h)?;
+        // Feed-forward branch; the residual add is fused into the norm's kernel on GPU.
+        let (h, n2, rstd2) = self.ffn_norm.forward_residual(x, &attn_out)?;
         let a = self.w1.forward(&n2)?;
         let b = self.w3.forward(&n2)?;
         let g = swiglu_forward(&a, &b)?;
@@ -309,7 +308,7 @@ impl Block for LlamaBlock {
         let (d_a, d_b) = swiglu_backward(&a, &b, &d_g)?;
         let d_n2 = self.w1.backward(&n2, &d_a)?;
         let d_n2 = self.w3.backward_acc(&n2, &d_b, d_n2)?;
-        let d_h = (d_out + self.ffn_norm.backward(&h, &rstd2, &d_n2)?)?;
+        let d_h = self.ffn_norm.backward_residual(&h, &rstd2, &d_n2, d_out)?;
 
         // Attention branch.
         let o = match o {
@@ -332,7 +331,9 @@ impl Block for LlamaBlock {
         let d_n1 = self.wq.backward(&n1, &d_q)?;
         let d_n1 = self.wk.backward_acc(&n1, &d_k, d_n1)?;
         let d_n1 = self.wv.backward_acc(&n1, &d_v, d_n1)?;
-        let d_x = (d_h + self.attention_norm.backward(&x, &rstd1, &d_n1)?)?;
+        let d_x = self
+            .attention_norm
+            .backward_residual(&x, &rstd1, &d_n1, &d_h)?;
         Ok(d_x)
     }
 }
