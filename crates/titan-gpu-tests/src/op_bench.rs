@@ -503,11 +503,17 @@ fn time_ops(
     drop(o_heads);
     let (ms, attn_out) = timer.time(|| Ok(blk.wo.forward(&o)?))?;
     row("wo fwd", Phase::Forward, fwd, ms, mm(t, df, qf));
-    let (ms, h) = timer.time(|| Ok((&x + &attn_out)?))?;
-    row("residual add (attention)", Phase::Forward, fwd_sel, ms, add);
+    // The block fuses the attention residual add into ffn_norm's forward.
+    let (ms, (h, n2, rstd2)) =
+        timer.time(|| Ok(blk.ffn_norm.forward_residual(&x, &attn_out)?))?;
+    row(
+        "ffn_norm fwd + residual add",
+        Phase::Forward,
+        fwd_sel,
+        ms,
+        bytes(4.0 * t * df * es),
+    );
     drop(attn_out);
-    let (ms, (n2, rstd2)) = timer.time(|| Ok(blk.ffn_norm.forward(&h)?))?;
-    row("ffn_norm fwd", Phase::Forward, fwd_sel, ms, norm_fwd);
     let (ms, a1) = timer.time(|| Ok(blk.w1.forward(&n2)?))?;
     row("w1 fwd", Phase::Forward, fwd, ms, mm(t, ff, df));
     let (ms, a3) = timer.time(|| Ok(blk.w3.forward(&n2)?))?;
@@ -610,21 +616,49 @@ fn time_ops(
         bytes(5.0 * t * ff * es),
     );
     drop((d_g, g, a1, a3));
+    // Projections sharing an input: the second input gradient accumulates into the first
+    // inside the GEMM (Linear::backward_acc), as the block does.
+    macro_rules! linear_bwd_acc {
+        ($lin:ident, $x:expr, $dy:expr, $acc:expr, $m:expr, $n:expr) => {{
+            let acc = $acc;
+            let (ms, sum) = timer.time(|| Ok(blk.$lin.backward_input_acc($dy, acc.clone())?))?;
+            row(
+                concat!(stringify!($lin), " bwd input (accumulating)"),
+                Phase::Backward,
+                l,
+                ms,
+                mm(t, $n, $m),
+            );
+            let (ms, ()) = timer.time(|| {
+                blk.$lin.weight.zero_grad();
+                Ok(blk.$lin.backward_weight($x, $dy)?)
+            })?;
+            row(
+                concat!(stringify!($lin), " bwd weight"),
+                Phase::Backward,
+                l,
+                ms,
+                mm($m, $n, t),
+            );
+            sum
+        }};
+    }
     let d1 = linear_bwd!(w1, &n2, &d_a1, ff, df);
-    let d3 = linear_bwd!(w3, &n2, &d_a3, ff, df);
+    let d_n2 = linear_bwd_acc!(w3, &n2, &d_a3, d1, ff, df);
     drop((d_a1, d_a3, n2));
-    let (ms, d_n2) = timer.time(|| Ok((&d1 + &d3)?))?;
-    row("grad add (w1 + w3)", Phase::Backward, l, ms, add);
-    drop((d1, d3));
-    let (ms, d_ffn) = timer.time(|| {
+    // The residual gradient is folded into the norm's backward.
+    let (ms, d_h) = timer.time(|| {
         blk.ffn_norm.weight.zero_grad();
-        Ok(blk.ffn_norm.backward(&h, &rstd2, &d_n2)?)
+        Ok(blk.ffn_norm.backward_residual(&h, &rstd2, &d_n2, &d_out)?)
     })?;
-    row("ffn_norm bwd", Phase::Backward, l, ms, norm_bwd);
-    drop((d_n2, h, rstd2));
-    let (ms, d_h) = timer.time(|| Ok((&d_out + &d_ffn)?))?;
-    row("grad add (ffn residual)", Phase::Backward, l, ms, add);
-    drop((d_ffn, d_out));
+    row(
+        "ffn_norm bwd + residual grad",
+        Phase::Backward,
+        l,
+        ms,
+        norm_bwd,
+    );
+    drop((d_n2, h, rstd2, d_out));
     let d_o = linear_bwd!(wo, &o, &d_h, df, qf);
     drop(o);
     let d_o4 = d_o.reshape((b, s, hq, hd))?;
@@ -685,23 +719,23 @@ fn time_ops(
     );
     drop((d_q_t, d_k_t));
     let dq = linear_bwd!(wq, &n1, &d_q2, qf, df);
-    let dk = linear_bwd!(wk, &n1, &d_k2, kvf, df);
-    let dv = linear_bwd!(wv, &n1, &d_v2, kvf, df);
+    let dqk = linear_bwd_acc!(wk, &n1, &d_k2, dq, kvf, df);
+    let d_n1 = linear_bwd_acc!(wv, &n1, &d_v2, dqk, kvf, df);
     drop((d_q2, d_k2, d_v2, n1));
-    let (ms, dqk) = timer.time(|| Ok((&dq + &dk)?))?;
-    row("grad add (wq + wk)", Phase::Backward, l, ms, add);
-    let (ms, d_n1) = timer.time(|| Ok((&dqk + &dv)?))?;
-    row("grad add (+ wv)", Phase::Backward, l, ms, add);
-    drop((dq, dk, dv, dqk));
-    let (ms, d_attn) = timer.time(|| {
+    let (ms, d_x) = timer.time(|| {
         blk.attention_norm.weight.zero_grad();
-        Ok(blk.attention_norm.backward(&x, &rstd1, &d_n1)?)
+        Ok(blk
+            .attention_norm
+            .backward_residual(&x, &rstd1, &d_n1, &d_h)?)
     })?;
-    row("attention_norm bwd", Phase::Backward, l, ms, norm_bwd);
-    drop((d_n1, rstd1));
-    let (ms, d_x) = timer.time(|| Ok((&d_h + &d_attn)?))?;
-    row("grad add (attention residual)", Phase::Backward, l, ms, add);
-    drop((d_h, d_attn, x));
+    row(
+        "attention_norm bwd + residual grad",
+        Phase::Backward,
+        l,
+        ms,
+        norm_bwd,
+    );
+    drop((d_n1, rstd1, d_h, x));
     let emb = &mut model.tok_embeddings;
     let (ms, ()) = timer.time(|| {
         emb.weight.zero_grad();

@@ -65,6 +65,11 @@ impl Linear {
     /// rounding, instead of a separate add pass; `acc` must be a gradient this caller owns).
     pub fn backward_acc(&mut self, x: &Tensor, d_y: &Tensor, acc: Tensor) -> Result<Tensor> {
         self.backward_weight(x, d_y)?;
+        self.backward_input_acc(d_y, acc)
+    }
+
+    /// Only `acc + d_y W` (see [`Linear::backward_acc`]).
+    pub fn backward_input_acc(&self, d_y: &Tensor, acc: Tensor) -> Result<Tensor> {
         let w = self.weight.compute()?;
         let (dy2, _) = flatten_rows(d_y)?;
         let (acc2, lead) = flatten_rows(&acc)?;
