@@ -91,6 +91,10 @@ pub enum Error {
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    /// An error from the optimizer crate (gradient norms).
+    #[error(transparent)]
+    Optim(#[from] titan_optim::Error),
 }
 
 impl Error {

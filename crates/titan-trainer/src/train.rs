@@ -260,11 +260,13 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
         ac
     );
     let total_steps = cfg.training.steps as u64;
+    let mut phases = PhaseTimes::from_env(&device.device);
     let mut losses = Vec::new();
     let mut window = Window::start(data.wait_time().as_secs_f64());
     let mut last_loss = f64::NAN;
     while state.step < total_steps {
         let step = state.step + 1;
+        phases.start()?;
         // All microbatches first, so the loss can be normalized by the global valid tokens.
         let mut batches: Vec<Batch> = Vec::with_capacity(grad_accum);
         for _ in 0..grad_accum {
@@ -290,6 +292,7 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
             )));
         }
         let scale = 1.0 / global_valid;
+        phases.mark("data+tokens")?;
         let mut local_loss = 0f64;
         for (i, b) in batches.iter().enumerate() {
             let input = model.make_input(b)?;
@@ -309,8 +312,10 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
             )?;
             local_loss += report.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         }
+        phases.mark("forward+backward")?;
         let tokens: u64 = batches.iter().map(|b| b.num_tokens() as u64).sum();
         let loss = strategy.all_reduce_sum(local_loss)?;
+        phases.mark("loss all-reduce")?;
         // This rank's mean token loss, maxed over ranks (torchtitan's global_max_loss).
         let max_loss =
             strategy.all_reduce_max(local_loss * global_valid / local_valid.max(1) as f64)?;
@@ -329,6 +334,7 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
                 value: grad_norm,
             });
         }
+        phases.mark("max loss + grad norm")?;
         let lr = lr_scheduler.lr_at(step);
         {
             let refresh_in_step = strategy.refresh_in_step();
@@ -345,6 +351,8 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
         }
         lr_scheduler.step();
         strategy.after_step(&mut model)?;
+        phases.mark("optimizer")?;
+        phases.finish(step);
         state = TrainState {
             step,
             tokens_seen: state.tokens_seen + tokens * strategy.dp_world_size() as u64,
@@ -571,6 +579,58 @@ impl Window {
             elapsed_secs: self.start.elapsed().as_secs_f64(),
             data_loading_secs: (wait_secs - self.wait_at_start).max(0.0),
             batches: self.batches,
+        }
+    }
+}
+
+/// Per-step phase times (`TITAN_PHASE_TIMES=1`): the device is synchronized at each phase
+/// boundary, so the phases add up to the step, at the cost of the overlap between them (use
+/// it to find where time goes, not to measure throughput).
+struct PhaseTimes {
+    device: Option<candle_core::Device>,
+    at: std::time::Instant,
+    marks: Vec<(&'static str, f64)>,
+}
+
+impl PhaseTimes {
+    fn from_env(device: &candle_core::Device) -> Self {
+        let on = std::env::var("TITAN_PHASE_TIMES").is_ok_and(|v| v == "1");
+        Self {
+            device: on.then(|| device.clone()),
+            at: std::time::Instant::now(),
+            marks: Vec::new(),
+        }
+    }
+
+    fn start(&mut self) -> Result<()> {
+        if let Some(d) = &self.device {
+            d.synchronize()?;
+            self.marks.clear();
+            self.at = std::time::Instant::now();
+        }
+        Ok(())
+    }
+
+    fn mark(&mut self, phase: &'static str) -> Result<()> {
+        if let Some(d) = &self.device {
+            d.synchronize()?;
+            let now = std::time::Instant::now();
+            self.marks
+                .push((phase, now.duration_since(self.at).as_secs_f64() * 1e3));
+            self.at = now;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, step: u64) {
+        if self.device.is_some() {
+            let total: f64 = self.marks.iter().map(|(_, ms)| ms).sum();
+            let parts: Vec<String> = self
+                .marks
+                .iter()
+                .map(|(p, ms)| format!("{p} {ms:.1}"))
+                .collect();
+            tracing::info!("step {step} phases (ms): {} = {total:.1}", parts.join(", "));
         }
     }
 }
