@@ -126,10 +126,15 @@ pub fn run_main(registry: &Registry, args: Vec<String>) -> i32 {
         }
         titan_config::Invocation::Run(cfg) => cfg,
     };
-    let local_rank = std::env::var("LOCAL_RANK")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    // torchrun's LOCAL_RANK or Slurm's SLURM_LOCALID (srun sets no LOCAL_RANK), so each rank
+    // of a node opens its own GPU.
+    let local_rank = match titan_parallel::DistEnv::from_env() {
+        Ok(env) => env.local_rank,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
     match run(
         registry,
         &cfg,
