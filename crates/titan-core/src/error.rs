@@ -51,6 +51,16 @@ pub enum Error {
     Msg(String),
 }
 
+#[cfg(feature = "cuda")]
+impl From<titan_kernels::Error> for Error {
+    fn from(e: titan_kernels::Error) -> Self {
+        match e {
+            titan_kernels::Error::Candle(e) => Error::Candle(e),
+            other => Error::Kernel(other.to_string()),
+        }
+    }
+}
+
 /// `Result` with the engine's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 

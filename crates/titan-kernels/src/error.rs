@@ -16,6 +16,19 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// A launcher's result with `Unsupported` turned into `Ok(None)` (logged at debug level), so
+/// the caller falls back to its composite path; driver and candle failures stay errors.
+pub fn supported<T>(r: Result<T>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(Error::Unsupported { kernel, why }) => {
+            tracing::debug!("fused {kernel} not used: {why}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) fn unsupported<T>(kernel: &'static str, why: impl Into<String>) -> Result<T> {
     Err(Error::Unsupported {

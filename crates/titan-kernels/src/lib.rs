@@ -11,7 +11,7 @@
 //! it holds the sources and the error type only.
 
 mod error;
-pub use error::{Error, Result};
+pub use error::{supported, Error, Result};
 
 #[cfg(feature = "cuda")]
 mod launch;

@@ -12,19 +12,11 @@ use titan_kernels::gradnorm::{Scale, SqNorm};
 
 use crate::clip::GradScale;
 use crate::config::AdamWConfig;
-use crate::{Error, Result};
+use crate::Result;
 
 /// `Unsupported` becomes `None` (use the composite path); other failures are errors.
 fn lift<T>(r: titan_kernels::Result<T>) -> Result<Option<T>> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(titan_kernels::Error::Unsupported { kernel, why }) => {
-            tracing::debug!("fused {kernel} not used: {why}");
-            Ok(None)
-        }
-        Err(titan_kernels::Error::Candle(e)) => Err(e.into()),
-        Err(e) => Err(Error::Kernel(e.to_string())),
-    }
+    Ok(titan_kernels::supported(r)?)
 }
 
 /// Whether `t` can go to a multi-tensor kernel next to tensors on `like`'s device.

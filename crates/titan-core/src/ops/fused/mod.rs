@@ -56,13 +56,5 @@ pub(crate) fn applies(t: &Tensor) -> bool {
 /// Map a launcher's result: `Unsupported` becomes `None` (fall back), the rest an error.
 #[cfg(feature = "cuda")]
 pub(crate) fn lift<T>(r: titan_kernels::Result<T>) -> Result<Option<T>> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(titan_kernels::Error::Unsupported { kernel, why }) => {
-            tracing::debug!("fused {kernel} not used: {why}");
-            Ok(None)
-        }
-        Err(titan_kernels::Error::Candle(e)) => Err(e.into()),
-        Err(e) => Err(crate::Error::Kernel(e.to_string())),
-    }
+    Ok(titan_kernels::supported(r)?)
 }
