@@ -9,6 +9,8 @@ use candle_core::{DType, Tensor};
 use crate::error::{unsupported, Error, Result};
 use crate::launch::{alloc, cuda_device, expect, ptr};
 
+use sys::cublasOperation_t as Op;
+
 const KERNEL: &str = "gemm_dw";
 
 /// `acc += dy^T x` in place and returns `acc` (a handle on the same storage), or, without
@@ -51,42 +53,19 @@ pub fn weight_grad_bf16(dy: &Tensor, x: &Tensor, acc: Option<&Tensor>) -> Result
     if rows == 0 || out == 0 || inp == 0 {
         return Ok(c);
     }
-    let (pdy, px, pc) = (ptr(dy)?, ptr(x)?, ptr(&c)?);
-    let alpha = 1f32;
-    let blas = dev.cublas_handle();
-    let stream = dev.cuda_stream();
-    stream
-        .context()
-        .bind_to_thread()
-        .map_err(|e| Error::Driver(e.to_string()))?;
     // Column-major view: C^T (in x out, ldc = in) = x^T (in x rows, as stored: N, ld = in)
     // * dy (rows x out: stored as dy^T (out x rows, ld = out), so T).
-    // SAFETY: the pointers come from live tensors checked above for dtype, contiguity and
-    // shape; cuBLAS runs on candle's stream, ordered with every other use of the tensors.
-    unsafe {
-        result::gemm_ex(
-            *blas.handle(),
-            sys::cublasOperation_t::CUBLAS_OP_N,
-            sys::cublasOperation_t::CUBLAS_OP_T,
-            inp as i32,
-            out as i32,
-            rows as i32,
-            &alpha as *const f32 as *const _,
-            px as *const _,
-            sys::cudaDataType_t::CUDA_R_16BF,
-            inp as i32,
-            pdy as *const _,
-            sys::cudaDataType_t::CUDA_R_16BF,
-            out as i32,
-            &beta as *const f32 as *const _,
-            pc as *mut _,
-            sys::cudaDataType_t::CUDA_R_32F,
-            inp as i32,
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
-        )
-    }
-    .map_err(|e| Error::Driver(format!("cublasGemmEx (dW): {e:?}")))?;
+    gemm_bf16(
+        &dev,
+        "dW",
+        Op::CUBLAS_OP_N,
+        Op::CUBLAS_OP_T,
+        (inp, out, rows),
+        (x, inp),
+        (dy, out),
+        (&c, sys::cudaDataType_t::CUDA_R_32F, inp),
+        beta,
+    )?;
     Ok(c)
 }
 
@@ -126,39 +105,70 @@ pub fn input_grad_acc_bf16(dy: &Tensor, w: &Tensor, acc: &Tensor) -> Result<Tens
     if rows == 0 || out == 0 || inp == 0 {
         return Ok(acc.clone());
     }
-    let (pdy, pw, pc) = (ptr(dy)?, ptr(w)?, ptr(acc)?);
-    let (alpha, beta) = (1f32, 1f32);
+    // Column-major: acc^T (in x rows, ld = in) += W^T (in x out: W as stored, N, ld = in)
+    // * dy^T (out x rows: dy as stored, N, ld = out).
+    gemm_bf16(
+        &dev,
+        "dx += dy W",
+        Op::CUBLAS_OP_N,
+        Op::CUBLAS_OP_N,
+        (inp, rows, out),
+        (w, inp),
+        (dy, out),
+        (acc, sys::cudaDataType_t::CUDA_R_16BF, inp),
+        1.0,
+    )?;
+    Ok(acc.clone())
+}
+
+/// One cublasGemmEx on candle's handle and stream, column-major: `C = A op B + beta C` with
+/// bf16 `A (m x k)` and `B (k x n)` (after `ta`/`tb`), `C` in `c_type`, f32 accumulation.
+/// Operands are `(tensor, leading dimension)`; the callers have checked dtypes, shapes and
+/// devices.
+#[allow(clippy::too_many_arguments)]
+fn gemm_bf16(
+    dev: &candle_core::cuda_backend::CudaDevice,
+    what: &str,
+    ta: Op,
+    tb: Op,
+    (m, n, k): (usize, usize, usize),
+    (a, lda): (&Tensor, usize),
+    (b, ldb): (&Tensor, usize),
+    (c, c_type, ldc): (&Tensor, sys::cudaDataType_t, usize),
+    beta: f32,
+) -> Result<()> {
+    let (pa, pb, pc) = (ptr(a)?, ptr(b)?, ptr(c)?);
+    let alpha = 1f32;
     let blas = dev.cublas_handle();
     dev.cuda_stream()
         .context()
         .bind_to_thread()
         .map_err(|e| Error::Driver(e.to_string()))?;
-    // Column-major: acc^T (in x rows, ld = in) += W^T (in x out: W as stored, N, ld = in)
-    // * dy^T (out x rows: dy as stored, N, ld = out).
-    // SAFETY: pointers from live tensors checked above; candle's stream orders every use.
+    // SAFETY: the pointers come from live tensors whose dtype, contiguity and shape the
+    // caller checked; cuBLAS runs on candle's stream, ordered with every other use of them.
     unsafe {
         result::gemm_ex(
             *blas.handle(),
-            sys::cublasOperation_t::CUBLAS_OP_N,
-            sys::cublasOperation_t::CUBLAS_OP_N,
-            inp as i32,
-            rows as i32,
-            out as i32,
+            ta,
+            tb,
+            m as i32,
+            n as i32,
+            k as i32,
             &alpha as *const f32 as *const _,
-            pw as *const _,
+            pa as *const _,
             sys::cudaDataType_t::CUDA_R_16BF,
-            inp as i32,
-            pdy as *const _,
+            lda as i32,
+            pb as *const _,
             sys::cudaDataType_t::CUDA_R_16BF,
-            out as i32,
+            ldb as i32,
             &beta as *const f32 as *const _,
             pc as *mut _,
-            sys::cudaDataType_t::CUDA_R_16BF,
-            inp as i32,
+            c_type,
+            ldc as i32,
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
         )
     }
-    .map_err(|e| Error::Driver(format!("cublasGemmEx (dx += dy W): {e:?}")))?;
-    Ok(acc.clone())
+    .map_err(|e| Error::Driver(format!("cublasGemmEx ({what}): {e:?}")))?;
+    Ok(())
 }
