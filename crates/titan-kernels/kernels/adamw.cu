@@ -58,17 +58,6 @@ __device__ __forceinline__ void adam_one(float &p, float g, float &m, float &v,
   p = __fadd_rn(p, __fmul_rn(__fdiv_rn(m, denom), s.neg_step_size));
 }
 
-// Largest t with tensors[t].first_block <= b (the host omits empty tensors).
-__device__ __forceinline__ int find_tensor(const AdamTensor *tensors, int num_tensors,
-                                           long long b) {
-  int lo = 0, hi = num_tensors - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) >> 1;
-    if (tensors[mid].first_block <= b) lo = mid; else hi = mid - 1;
-  }
-  return lo;
-}
-
 // `scale_ptr`: a device f32 the gradients are multiplied by (the clip coefficient computed on
 // the device), or null to use `scale_host`.
 extern "C" __global__ void __launch_bounds__(512)

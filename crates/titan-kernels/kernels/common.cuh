@@ -60,3 +60,16 @@ __device__ __forceinline__ float block_max(float v, float *scratch) {
   float t = (lane < nwarps) ? scratch[lane] : -INFINITY;
   return warp_max(t);
 }
+
+// Multi-tensor launches: block `b` belongs to the largest t with tensors[t].first_block <= b
+// (the host builds the table in order and omits empty tensors).
+template <class TensorEntry>
+__device__ __forceinline__ int find_tensor(const TensorEntry *tensors, int num_tensors,
+                                           long long b) {
+  int lo = 0, hi = num_tensors - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (tensors[mid].first_block <= b) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}

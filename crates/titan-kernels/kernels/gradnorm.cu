@@ -15,16 +15,6 @@ struct NormTensor {
 };
 static_assert(sizeof(NormTensor) == 32, "NormTensor layout is shared with src/gradnorm.rs");
 
-__device__ __forceinline__ int find_tensor(const NormTensor *tensors, int num_tensors,
-                                           long long b) {
-  int lo = 0, hi = num_tensors - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) >> 1;
-    if (tensors[mid].first_block <= b) lo = mid; else hi = mid - 1;
-  }
-  return lo;
-}
-
 __device__ __forceinline__ double warp_sum_f64(double v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
