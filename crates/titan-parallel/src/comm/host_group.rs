@@ -10,7 +10,7 @@
 //! Waiting is bounded: the root waits `timeout` for contributions; members wait a little
 //! longer for the root, so they normally receive its diagnosis rather than time out themselves.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -305,17 +305,7 @@ impl HostGroup {
     }
 
     fn check_rank(&self, op: &str, what: &str, r: usize) -> Result<()> {
-        if r >= self.size_n() {
-            return Err(Self::invalid(
-                op,
-                format!(
-                    "{what} {r} is not a rank of group `{}` (size {})",
-                    self.name,
-                    self.size_n()
-                ),
-            ));
-        }
-        Ok(())
+        super::checks::rank(&self.name, self.size_n(), op, what, r)
     }
 
     fn mismatch(&self, op: &str, detail: String) -> Error {
@@ -577,18 +567,7 @@ impl ProcessGroup for HostGroup {
 
     fn split_by_ranks(&self, parts: &[Vec<usize>], name: &str) -> Result<Option<Group>> {
         const OP: &str = "split_by_ranks";
-        let mut seen = HashSet::new();
-        for part in parts {
-            for &r in part {
-                self.check_rank(OP, "rank", r)?;
-                if !seen.insert(r) {
-                    return Err(Self::invalid(
-                        OP,
-                        format!("rank {r} is listed in more than one part of {parts:?}"),
-                    ));
-                }
-            }
-        }
+        super::checks::parts(&self.name, self.size_n(), OP, parts)?;
         let split_no = self.next_split();
         let Some(idx) = parts.iter().position(|p| p.contains(&self.me)) else {
             return Ok(None);

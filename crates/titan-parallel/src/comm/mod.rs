@@ -163,3 +163,38 @@ pub trait ProcessGroup: Send + Sync + std::fmt::Debug {
         self.global_ranks()[self.rank()]
     }
 }
+
+/// Argument checks every backend applies the same way.
+pub(crate) mod checks {
+    use std::collections::HashSet;
+
+    use crate::{Error, Result};
+
+    /// `r` (named `what` in the message) must be a rank of `group`, which has `size` ranks.
+    pub(crate) fn rank(group: &str, size: usize, op: &str, what: &str, r: usize) -> Result<()> {
+        if r >= size {
+            return Err(Error::InvalidArgument {
+                op: op.to_string(),
+                detail: format!("{what} {r} is not a rank of group `{group}` (size {size})"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The parts of a `split_by_ranks`: ranks of `group`, none listed twice.
+    pub(crate) fn parts(group: &str, size: usize, op: &str, parts: &[Vec<usize>]) -> Result<()> {
+        let mut seen = HashSet::new();
+        for part in parts {
+            for &r in part {
+                rank(group, size, op, "rank", r)?;
+                if !seen.insert(r) {
+                    return Err(Error::InvalidArgument {
+                        op: op.to_string(),
+                        detail: format!("rank {r} is listed in more than one part of {parts:?}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -38,7 +38,7 @@ mod buffers;
 mod runtime;
 mod watchdog;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -224,17 +224,7 @@ impl NcclGroup {
     }
 
     fn check_rank(&self, op: &str, what: &str, r: usize) -> Result<()> {
-        if r >= self.members.len() {
-            return Err(Self::invalid(
-                op,
-                format!(
-                    "{what} {r} is not a rank of group `{}` (size {})",
-                    self.name,
-                    self.members.len()
-                ),
-            ));
-        }
-        Ok(())
+        super::checks::rank(&self.name, self.members.len(), op, what, r)
     }
 
     fn check_reduce_op(op: &str, dtype: DType, r: ReduceOp) -> Result<()> {
@@ -648,18 +638,7 @@ impl ProcessGroup for NcclGroup {
 
     fn split_by_ranks(&self, parts: &[Vec<usize>], name: &str) -> Result<Option<Group>> {
         const OP: &str = "split_by_ranks";
-        let mut seen = HashSet::new();
-        for part in parts {
-            for &r in part {
-                self.check_rank(OP, "rank", r)?;
-                if !seen.insert(r) {
-                    return Err(Self::invalid(
-                        OP,
-                        format!("rank {r} is listed in more than one part of {parts:?}"),
-                    ));
-                }
-            }
-        }
+        super::checks::parts(&self.name, self.members.len(), OP, parts)?;
         self.rt.watch.check()?;
         let n = self.splits.fetch_add(1, Ordering::SeqCst) + 1;
         let Some(idx) = parts.iter().position(|p| p.contains(&self.me)) else {
