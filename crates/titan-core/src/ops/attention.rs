@@ -20,6 +20,19 @@ pub enum MaskKind {
     BlockCausal { doc_ids: Tensor },
 }
 
+impl MaskKind {
+    /// Check that the mask fits a `(batch, seq)` microbatch (block-causal `doc_ids` shape).
+    pub fn check_shape(&self, batch: usize, seq: usize) -> Result<()> {
+        if let MaskKind::BlockCausal { doc_ids } = self {
+            let (b, s) = doc_ids.dims2()?;
+            if b != batch || s != seq {
+                crate::bail!("block-causal doc_ids are ({b}, {s}), the batch is ({batch}, {seq})");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A mask prepared once per microbatch by the kernel that will use it.
 #[derive(Debug, Clone)]
 pub struct AttnMask {
@@ -140,17 +153,12 @@ impl AttentionKernel for NaiveAttention {
         let allowed = match kind {
             MaskKind::Causal => causal.reshape((1, 1, seq, seq))?,
             MaskKind::BlockCausal { doc_ids } => {
-                let (b, s) = doc_ids.dims2()?;
-                if b != batch || s != seq {
-                    crate::bail!(
-                        "block-causal doc_ids are ({b}, {s}), the batch is ({batch}, {seq})"
-                    );
-                }
+                kind.check_shape(batch, seq)?;
                 let same_doc = doc_ids.unsqueeze(2)?.broadcast_eq(&doc_ids.unsqueeze(1)?)?; // (b, s, s)
                 (same_doc
                     .to_dtype(DType::U8)?
                     .broadcast_mul(&causal.unsqueeze(0)?)?)
-                .reshape((b, 1, seq, seq))?
+                .reshape((batch, 1, seq, seq))?
             }
         };
         let zeros = Tensor::zeros(allowed.shape(), DType::F32, device)?;

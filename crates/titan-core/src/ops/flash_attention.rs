@@ -139,12 +139,7 @@ impl AttentionKernel for FlashAttention {
         if !fused_device(device) {
             return NaiveAttention.prepare_mask(kind, batch, seq, device);
         }
-        if let MaskKind::BlockCausal { doc_ids } = kind {
-            let (b, s) = doc_ids.dims2()?;
-            if b != batch || s != seq {
-                crate::bail!("block-causal doc_ids are ({b}, {s}), the batch is ({batch}, {seq})");
-            }
-        }
+        kind.check_shape(batch, seq)?;
         Ok(AttnMask {
             kind: kind.clone(),
             bias: None,
