@@ -62,7 +62,7 @@ pub fn bitwise_eq(a: &Tensor, b: &Tensor) -> Result<bool> {
 /// They are written differently from the engine's ops on purpose (complex-product RoPE, heads
 /// picked by index, masks as 0/1 products) so that agreement means something.
 pub mod oracle {
-    use candle_core::{Device, Tensor, D};
+    use candle_core::{Device, Tensor, Var, D};
 
     use crate::Result;
 
@@ -110,6 +110,40 @@ pub mod oracle {
         let e = scores.exp()?.broadcast_mul(allowed)?;
         let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
         Ok(p.matmul(&v)?)
+    }
+
+    /// [`attention_oracle`]'s output for `(b, hq, s, d)` f64 `q` and `(b, hkv, s, d)` `k, v`,
+    /// with its gradients for the output gradient `d_out`, from candle's autograd:
+    /// `[out, d_q, d_k, d_v]`. Causal, and within documents when `doc_ids` is given.
+    pub fn attention_with_grads(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        d_out: &Tensor,
+        doc_ids: Option<&[u32]>,
+        scale: f64,
+    ) -> Result<[Tensor; 4]> {
+        let (b, _, s, _) = q.dims4()?;
+        let allowed = allowed_mask(b, s, doc_ids)?;
+        let (qv, kv, vv) = (
+            Var::from_tensor(q)?,
+            Var::from_tensor(k)?,
+            Var::from_tensor(v)?,
+        );
+        let out = attention_oracle(
+            qv.as_tensor(),
+            kv.as_tensor(),
+            vv.as_tensor(),
+            &allowed,
+            scale,
+        )?;
+        let grads = (&out * d_out)?.sum_all()?.backward()?;
+        let grad = |var: &Var| -> Result<Tensor> {
+            grads.get(var.as_tensor()).cloned().ok_or_else(|| {
+                crate::Error::Msg("the attention oracle produced no gradient".into())
+            })
+        };
+        Ok([out.clone(), grad(&qv)?, grad(&kv)?, grad(&vv)?])
     }
 
     /// The 0/1 attention mask `(batch, 1, seq, seq)` that [`attention_oracle`] multiplies in:

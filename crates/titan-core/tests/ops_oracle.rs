@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use titan_core::ops::*;
-use titan_core::testing::oracle::{allowed_mask, attention_oracle, rope_oracle};
+use titan_core::testing::oracle::{attention_with_grads, rope_oracle};
 use titan_core::testing::{randint, randn, rel_err};
 use titan_core::{Init, Param, ParamSpec, Result};
 
@@ -207,20 +207,8 @@ fn attention_case(doc_ids: Option<Vec<u32>>) -> Result<()> {
     let v = randn(7, "v", (b, hkv, s, d), 1.0, DType::F64, &CPU)?;
     let r = randn(7, "r", (b, hq, s, d), 1.0, DType::F64, &CPU)?;
     let scale = 1.0 / (d as f64).sqrt();
-    let allowed = allowed_mask(b, s, doc_ids.as_deref())?;
-    let (qv, kv, vv) = (
-        Var::from_tensor(&q)?,
-        Var::from_tensor(&k)?,
-        Var::from_tensor(&v)?,
-    );
-    let y_ref = attention_oracle(
-        qv.as_tensor(),
-        kv.as_tensor(),
-        vv.as_tensor(),
-        &allowed,
-        scale,
-    )?;
-    let grads = (&y_ref * &r)?.sum_all()?.backward()?;
+    let [y_ref, dq_ref, dk_ref, dv_ref] =
+        attention_with_grads(&q, &k, &v, &r, doc_ids.as_deref(), scale)?;
 
     let kind = match &doc_ids {
         None => MaskKind::Causal,
@@ -233,9 +221,9 @@ fn attention_case(doc_ids: Option<Vec<u32>>) -> Result<()> {
     let (y, saved) = kernel.forward(&f32_of(&q), &f32_of(&k), &f32_of(&v), &mask, scale)?;
     check("attention forward", &y, &y_ref);
     let (dq, dk, dv) = kernel.backward(&saved, &f32_of(&r), &mask, scale)?;
-    check("attention dq", &dq, grads.get(qv.as_tensor()).unwrap());
-    check("attention dk", &dk, grads.get(kv.as_tensor()).unwrap());
-    check("attention dv", &dv, grads.get(vv.as_tensor()).unwrap());
+    check("attention dq", &dq, &dq_ref);
+    check("attention dk", &dk, &dk_ref);
+    check("attention dv", &dv, &dv_ref);
     Ok(())
 }
 

@@ -9,9 +9,9 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use titan_core::ops::{AttentionKernel, AttnMask, FlashAttention, MaskKind, NaiveAttention};
-use titan_core::testing::oracle::{allowed_mask, attention_oracle};
+use titan_core::testing::oracle::attention_with_grads;
 use titan_core::testing::{randn, rel_err};
 
 use crate::{Check, Result};
@@ -129,12 +129,6 @@ fn put(x: &Tensor, device: &Device, strided: bool) -> Result<Tensor> {
     })
 }
 
-fn grad<'a>(grads: &'a candle_core::backprop::GradStore, v: &Var) -> Result<&'a Tensor> {
-    grads
-        .get(v.as_tensor())
-        .ok_or_else(|| titan_core::Error::Msg("the f64 oracle produced no gradient".into()).into())
-}
-
 /// The largest of `(name, err)` pairs, as `(err, name)`.
 fn worst(errs: &[(&'static str, f64)]) -> (f64, &'static str) {
     errs.iter().fold((0.0, "-"), |acc, &(n, e)| {
@@ -156,26 +150,7 @@ fn run_case(device: &Device, seed: u64, idx: usize, c: Case) -> Result<Vec<Check
     let ids = c.doc_ids();
 
     // f64 oracle with candle autograd.
-    let allowed = allowed_mask(c.b, c.s, ids.as_deref())?;
-    let (qv, kv, vv) = (
-        Var::from_tensor(&q)?,
-        Var::from_tensor(&k)?,
-        Var::from_tensor(&v)?,
-    );
-    let y_ref = attention_oracle(
-        qv.as_tensor(),
-        kv.as_tensor(),
-        vv.as_tensor(),
-        &allowed,
-        scale,
-    )?;
-    let grads = (&y_ref * &r)?.sum_all()?.backward()?;
-    let refs = [
-        y_ref.clone(),
-        grad(&grads, &qv)?.clone(),
-        grad(&grads, &kv)?.clone(),
-        grad(&grads, &vv)?.clone(),
-    ];
+    let refs = attention_with_grads(&q, &k, &v, &r, ids.as_deref(), scale)?;
 
     let kind = match &ids {
         None => MaskKind::Causal,
