@@ -583,15 +583,7 @@ fn time_ops(
     // Linear backward in two rows (input gradient, weight gradient into an empty f32 grad,
     // as the first microbatch of a step finds it).
     macro_rules! linear_bwd {
-        ($lin:ident, $x:expr, $dy:expr, $m:expr, $n:expr) => {{
-            let (ms, dx) = timer.time(|| Ok(blk.$lin.backward_input($dy)?))?;
-            row(
-                concat!(stringify!($lin), " bwd input"),
-                Phase::Backward,
-                l,
-                ms,
-                mm(t, $n, $m),
-            );
+        (@weight $lin:ident, $x:expr, $dy:expr, $m:expr, $n:expr) => {{
             let (ms, ()) = timer.time(|| {
                 blk.$lin.weight.zero_grad();
                 Ok(blk.$lin.backward_weight($x, $dy)?)
@@ -603,7 +595,33 @@ fn time_ops(
                 ms,
                 mm($m, $n, t),
             );
+        }};
+        ($lin:ident, $x:expr, $dy:expr, $m:expr, $n:expr) => {{
+            let (ms, dx) = timer.time(|| Ok(blk.$lin.backward_input($dy)?))?;
+            row(
+                concat!(stringify!($lin), " bwd input"),
+                Phase::Backward,
+                l,
+                ms,
+                mm(t, $n, $m),
+            );
+            linear_bwd!(@weight $lin, $x, $dy, $m, $n);
             dx
+        }};
+        // Projections sharing an input: this input gradient accumulates into `acc` inside
+        // the GEMM (Linear::backward_acc), as the block does.
+        ($lin:ident, $x:expr, $dy:expr, $m:expr, $n:expr, acc = $acc:expr) => {{
+            let acc = $acc;
+            let (ms, sum) = timer.time(|| Ok(blk.$lin.backward_input_acc($dy, acc.clone())?))?;
+            row(
+                concat!(stringify!($lin), " bwd input (accumulating)"),
+                Phase::Backward,
+                l,
+                ms,
+                mm(t, $n, $m),
+            );
+            linear_bwd!(@weight $lin, $x, $dy, $m, $n);
+            sum
         }};
     }
     let d_g = linear_bwd!(w2, &g, &d_out, df, ff);
@@ -616,35 +634,8 @@ fn time_ops(
         bytes(5.0 * t * ff * es),
     );
     drop((d_g, g, a1, a3));
-    // Projections sharing an input: the second input gradient accumulates into the first
-    // inside the GEMM (Linear::backward_acc), as the block does.
-    macro_rules! linear_bwd_acc {
-        ($lin:ident, $x:expr, $dy:expr, $acc:expr, $m:expr, $n:expr) => {{
-            let acc = $acc;
-            let (ms, sum) = timer.time(|| Ok(blk.$lin.backward_input_acc($dy, acc.clone())?))?;
-            row(
-                concat!(stringify!($lin), " bwd input (accumulating)"),
-                Phase::Backward,
-                l,
-                ms,
-                mm(t, $n, $m),
-            );
-            let (ms, ()) = timer.time(|| {
-                blk.$lin.weight.zero_grad();
-                Ok(blk.$lin.backward_weight($x, $dy)?)
-            })?;
-            row(
-                concat!(stringify!($lin), " bwd weight"),
-                Phase::Backward,
-                l,
-                ms,
-                mm($m, $n, t),
-            );
-            sum
-        }};
-    }
     let d1 = linear_bwd!(w1, &n2, &d_a1, ff, df);
-    let d_n2 = linear_bwd_acc!(w3, &n2, &d_a3, d1, ff, df);
+    let d_n2 = linear_bwd!(w3, &n2, &d_a3, ff, df, acc = d1);
     drop((d_a1, d_a3, n2));
     // The residual gradient is folded into the norm's backward.
     let (ms, d_h) = timer.time(|| {
@@ -719,8 +710,8 @@ fn time_ops(
     );
     drop((d_q_t, d_k_t));
     let dq = linear_bwd!(wq, &n1, &d_q2, qf, df);
-    let dqk = linear_bwd_acc!(wk, &n1, &d_k2, dq, kvf, df);
-    let d_n1 = linear_bwd_acc!(wv, &n1, &d_v2, dqk, kvf, df);
+    let dqk = linear_bwd!(wk, &n1, &d_k2, kvf, df, acc = dq);
+    let d_n1 = linear_bwd!(wv, &n1, &d_v2, kvf, df, acc = dqk);
     drop((d_q2, d_k2, d_v2, n1));
     let (ms, d_x) = timer.time(|| {
         blk.attention_norm.weight.zero_grad();
