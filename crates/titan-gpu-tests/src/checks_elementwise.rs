@@ -12,7 +12,7 @@ use titan_core::ops::fused;
 use titan_core::ops::rope::rope_frequencies;
 use titan_core::ops::*;
 use titan_core::testing::oracle::rope_oracle;
-use titan_core::testing::{randint, randn, rel_err};
+use titan_core::testing::{randint, randn};
 use titan_core::{Init, Param};
 
 use crate::{Check, Result};
@@ -56,24 +56,14 @@ impl Ctx<'_> {
     }
 
     fn check(&mut self, what: String, ours: &Tensor, reference: &Tensor, tol: f64) -> Result<()> {
-        let ours = ours.to_device(&CPU)?;
-        let err = if ours.dims() != reference.dims() {
-            f64::INFINITY
-        } else {
-            rel_err(&ours, reference)?
-        };
-        self.rows.push(Check { what, err, tol });
+        self.rows.push(Check::compare(what, ours, reference, tol)?);
         Ok(())
     }
 
     /// Record whether the fused kernel took the inputs (only where it should).
     fn taken(&mut self, what: String, taken: bool) {
         if self.fused_expected {
-            self.rows.push(Check {
-                what: format!("{what} fused"),
-                err: if taken { 0.0 } else { 1.0 },
-                tol: 0.5,
-            });
+            self.rows.push(Check::fused_taken(&what, taken));
         }
     }
 }

@@ -45,21 +45,14 @@ impl Ctx<'_> {
     }
 
     fn compare(&mut self, what: String, ours: &Tensor, reference: &Tensor, tol: f64) -> Result<()> {
-        let ours = ours.to_device(&CPU)?.to_dtype(DType::F64)?;
-        let reference = reference.to_device(&CPU)?.to_dtype(DType::F64)?;
-        let err = if ours.dims() != reference.dims() {
-            f64::INFINITY
-        } else {
-            rel_err(&ours, &reference)?
-        };
-        self.push(what, err, tol);
+        self.rows.push(Check::compare(what, ours, reference, tol)?);
         Ok(())
     }
 
     /// A `... fused` row: 0 when the fused path ran, 1 when it fell back.
     fn fused_row(&mut self, what: String, ran: bool) {
         if self.fused_expected {
-            self.push(format!("{what} fused"), if ran { 0.0 } else { 1.0 }, 0.5);
+            self.rows.push(Check::fused_taken(&what, ran));
         }
     }
 

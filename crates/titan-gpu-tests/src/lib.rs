@@ -131,3 +131,41 @@ pub struct Check {
     pub err: f64,
     pub tol: f64,
 }
+
+impl Check {
+    /// A row comparing `ours` (any device) with `reference`: see [`rel_err_or_inf`].
+    pub fn compare(
+        what: impl Into<String>,
+        ours: &candle_core::Tensor,
+        reference: &candle_core::Tensor,
+        tol: f64,
+    ) -> Result<Check> {
+        Ok(Check {
+            what: what.into(),
+            err: rel_err_or_inf(ours, reference)?,
+            tol,
+        })
+    }
+
+    /// A `<what> fused` row that fails when the fused kernel did not take the inputs (it fell
+    /// back to the composite path silently).
+    pub fn fused_taken(what: &str, taken: bool) -> Check {
+        Check {
+            what: format!("{what} fused"),
+            err: if taken { 0.0 } else { 1.0 },
+            tol: 0.5,
+        }
+    }
+}
+
+/// `||ours - reference|| / ||reference||` on the CPU in f64 (titan-core's `rel_err`), infinite
+/// when the shapes differ, so a wrong shape fails its row rather than the whole run.
+pub fn rel_err_or_inf(ours: &candle_core::Tensor, reference: &candle_core::Tensor) -> Result<f64> {
+    if ours.dims() != reference.dims() {
+        return Ok(f64::INFINITY);
+    }
+    Ok(titan_core::testing::rel_err(
+        &ours.to_device(&Device::Cpu)?,
+        &reference.to_device(&Device::Cpu)?,
+    )?)
+}

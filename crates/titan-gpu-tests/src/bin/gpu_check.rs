@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use candle_core::{DType, Device, Tensor, Var, D};
 use titan_core::ops::*;
 use titan_core::testing::oracle::{attention_with_grads, rope_oracle};
-use titan_core::testing::{randint, randn, rel_err};
+use titan_core::testing::{randint, randn};
 use titan_core::{ActivationCheckpoint, Executor, Init, MicrobatchInfo, Module, NoHooks, Param};
 use titan_gpu_tests::{open, Result};
 use titan_models::llama3::{AttnMaskType, Llama3, LlamaArgs};
@@ -56,12 +56,7 @@ impl Checker {
     }
 
     fn check(&mut self, what: &str, ours: &Tensor, reference: &Tensor) -> Result<()> {
-        let ours = ours.to_device(&CPU)?;
-        let err = if ours.shape() != reference.shape() {
-            f64::INFINITY
-        } else {
-            rel_err(&ours, reference)?
-        };
+        let err = titan_gpu_tests::rel_err_or_inf(ours, reference)?;
         self.rows.push(Row {
             what: what.to_string(),
             path: self.path(),
