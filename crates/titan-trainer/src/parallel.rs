@@ -73,19 +73,29 @@ impl DataParallelStrategy {
 /// world when there is none. On a CUDA device (`training.device`, GPU `LOCAL_RANK`) the world
 /// runs on NCCL when the build has feature `nccl`.
 pub fn world_from_env(cfg: &JobConfig) -> Result<(DistEnv, Group)> {
-    let env = DistEnv::from_env().map_err(perr)?;
-    let opts = CommOptions::from_seconds(
-        cfg.comm.init_timeout_seconds,
-        cfg.comm.train_timeout_seconds,
-    );
-    // The backend follows the device the run trains on (train_with opens the same GPU).
+    let env = dist_env()?;
     let device = if env.world_size > 1 {
         crate::device::choose_device(cfg, env.local_rank)?.device
     } else {
         Device::Cpu
     };
-    let world = init_process_group_on(&env, &opts, &device).map_err(perr)?;
+    let world = world_on(cfg, &env, &device)?;
     Ok((env, world))
+}
+
+/// This process's place in the job (torchrun or Slurm variables; one process without them).
+pub fn dist_env() -> Result<DistEnv> {
+    DistEnv::from_env().map_err(perr)
+}
+
+/// [`world_from_env`] for a device the caller already opened (the one it trains on; the
+/// backend follows it).
+pub fn world_on(cfg: &JobConfig, env: &DistEnv, device: &Device) -> Result<Group> {
+    let opts = CommOptions::from_seconds(
+        cfg.comm.init_timeout_seconds,
+        cfg.comm.train_timeout_seconds,
+    );
+    init_process_group_on(env, &opts, device).map_err(perr)
 }
 
 impl<M: TrainableModel + LayeredModel + Module> Strategy<M> for DataParallelStrategy {

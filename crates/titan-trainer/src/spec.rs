@@ -180,9 +180,12 @@ impl<M: TrainableModel + 'static> RunSpec for TrainSpec<M> {
         let dp_degrees = cfg.parallelism.data_parallel_replicate_degree > 1
             || cfg.parallelism.data_parallel_shard_degree > 1;
         if crate::is_distributed_launch() || dp_degrees {
-            let (_env, world) = crate::parallel::world_from_env(cfg)?;
+            // One device for the process group and the training loop.
+            let env = crate::parallel::dist_env()?;
+            let device = crate::device::choose_device(cfg, env.local_rank)?;
+            let world = crate::parallel::world_on(cfg, &env, &device.device)?;
             let mut strategy = crate::parallel::DataParallelStrategy::new(world, cfg)?;
-            crate::train::train_with(self, cfg, ctx, &mut strategy)
+            crate::train::train_on(self, cfg, ctx, &mut strategy, device)
         } else {
             crate::train::train(self, cfg, ctx)
         }

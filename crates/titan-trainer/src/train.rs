@@ -84,6 +84,26 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
     ctx: &RunContext,
     strategy: &mut S,
 ) -> Result<TrainOutcome> {
+    check_config(cfg)?;
+    let device = choose_device(cfg, ctx.local_rank)?;
+    train_checked(spec, cfg, ctx, strategy, device)
+}
+
+/// [`train_with`] on a device the caller already opened (a distributed launch opens it once
+/// for its process group and its training loop).
+pub fn train_on<M: TrainableModel + 'static, S: Strategy<M>>(
+    spec: &TrainSpec<M>,
+    cfg: &JobConfig,
+    ctx: &RunContext,
+    strategy: &mut S,
+    device: crate::device::DeviceChoice,
+) -> Result<TrainOutcome> {
+    check_config(cfg)?;
+    train_checked(spec, cfg, ctx, strategy, device)
+}
+
+/// Validation, unsupported settings (errors) and settings Titan ignores (warnings).
+fn check_config(cfg: &JobConfig) -> Result<()> {
     cfg.validate()?;
     cfg.check_supported()?;
     for ignored in cfg.ignored_settings() {
@@ -94,12 +114,21 @@ pub fn train_with<M: TrainableModel + 'static, S: Strategy<M>>(
             ignored.why
         );
     }
+    Ok(())
+}
+
+fn train_checked<M: TrainableModel + 'static, S: Strategy<M>>(
+    spec: &TrainSpec<M>,
+    cfg: &JobConfig,
+    ctx: &RunContext,
+    strategy: &mut S,
+    device: crate::device::DeviceChoice,
+) -> Result<TrainOutcome> {
     let dump_folder = PathBuf::from(&cfg.job.dump_folder);
     if strategy.rank() == 0 {
         let path = cfg.save_to_dump_folder()?;
         tracing::info!("Saved the merged config to {}", path.display());
     }
-    let device = choose_device(cfg, ctx.local_rank)?;
     let seed = cfg.debug.seed.unwrap_or(0);
     let seq_len = cfg.training.seq_len;
 
