@@ -194,6 +194,19 @@ impl DataParallel {
         }
     }
 
+    /// After an optimizer step that rebuilt the compute copies itself (titan-optim's
+    /// `step_and_refresh*` over [`DataParallel::optimizer_params`]): clear every gradient.
+    pub fn after_refreshing_step<M: Module>(&mut self, model: &mut M) {
+        match self {
+            Self::Fsdp(f) => f.zero_grad(),
+            Self::Single | Self::Ddp(_) => {
+                for p in model.params_mut() {
+                    p.zero_grad();
+                }
+            }
+        }
+    }
+
     /// After the optimizer step: rebuild compute copies of replicated parameters (FSDP
     /// gathers fresh ones at the next forward) and clear every gradient.
     pub fn after_optimizer_step<M: Module>(

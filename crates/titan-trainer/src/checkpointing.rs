@@ -113,11 +113,7 @@ pub fn restore<M: TrainableModel, S: Strategy<M>>(
             p.set_master(t.to_device(&device)?)?;
         }
     }
-    if strategy.refresh_in_step() {
-        // after_step leaves compute copies to the optimizer step on such strategies.
-        model.refresh_compute()?;
-    }
-    strategy.after_step(model)?;
+    strategy.after_restore(model)?;
 
     let blobs = &loaded.blobs;
     let has = |k: &str| blobs.contains_key(k);

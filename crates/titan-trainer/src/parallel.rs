@@ -155,7 +155,21 @@ impl<M: TrainableModel + LayeredModel + Module> Strategy<M> for DataParallelStra
     fn global_grad_sq_norm(&mut self, model: &mut M) -> Result<f64> {
         self.dp().grad_sq_norm(model).map_err(perr)
     }
+    fn refresh_in_step(&self) -> bool {
+        // The fused AdamW writes the compute copies of what it steps: the replicas' own
+        // parameters, or FSDP's shards, which the next all-gathers then send uncast.
+        true
+    }
     fn after_step(&mut self, model: &mut M) -> Result<()> {
+        self.dp
+            .as_mut()
+            .expect("init_weights runs before anything else")
+            .after_refreshing_step(model);
+        Ok(())
+    }
+    fn after_restore(&mut self, model: &mut M) -> Result<()> {
+        // FSDP's model parameters hold no masters: rebuild only what the strategy owns (its
+        // shards' copies were dropped with the load and are cast at the next all-gather).
         let dtype = self.compute_dtype;
         self.dp
             .as_mut()

@@ -58,6 +58,15 @@ pub trait Strategy<M: TrainableModel>: Send {
     /// After the optimizer step: make compute copies current (unless
     /// [`Strategy::refresh_in_step`]), drop gradients.
     fn after_step(&mut self, model: &mut M) -> Result<()>;
+    /// After a checkpoint load replaced the masters outside the optimizer: make compute copies
+    /// current, drop gradients.
+    fn after_restore(&mut self, model: &mut M) -> Result<()> {
+        if self.refresh_in_step() {
+            // after_step leaves compute copies to the optimizer step on such strategies.
+            model.refresh_compute()?;
+        }
+        self.after_step(model)
+    }
     /// Where each optimizer parameter sits globally (for checkpoints).
     fn layout(&self, model: &M, name: &str) -> Option<ShardLayout>;
     /// Wait for every rank (checkpoint coordination).
