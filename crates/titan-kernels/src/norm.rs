@@ -2,8 +2,10 @@
 //! residual forms: forward from `x + r` (writing the bf16 sum `h` too) and backward adding a
 //! residual gradient into `dx` before its single rounding.
 //!
-//! Rows whose vectors fit in registers (dim % 8 == 0, 16-byte aligned, dim <= 16384) run the
-//! `*_reg{1,2}` kernels, which read every input once; any other shape runs the generic kernels.
+//! Rows whose vectors fit in registers (dim % 8 == 0, 16-byte aligned, dim <= 16384) run
+//! kernels that read every input once: `*_rows1` (dim <= 4096: 4 rows per block at once,
+//! one barrier round for all four) or `*_reg2` (wider rows, one at a time); any other shape
+//! runs the generic kernels.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -41,24 +43,40 @@ fn vectorizable(dim: usize, ptrs: &[u64]) -> i32 {
     i32::from(dim % 8 == 0 && ptrs.iter().all(|p| p % 16 == 0))
 }
 
-/// The register kernel for `dim` (vectors per thread, threads), if one fits.
-fn reg_plan(dim: usize, vec: i32) -> Option<(usize, usize)> {
+/// Rows per block of the row-group kernels (`NORM_ROWS_KERNELS(1, 4)` in norm.cu).
+const ROWS_R: usize = 4;
+/// The row-group kernels' block limit (`__launch_bounds__(512)`).
+const ROWS_MAX_THREADS: usize = 512;
+
+/// Which register-resident kernel runs `dim`, with its block size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RegPlan {
+    /// `*_rows1`: one vector per thread, [`ROWS_R`] rows per block at once.
+    Rows(usize),
+    /// `*_reg2`: two vectors per thread, one row at a time (rows too wide for `Rows`).
+    Reg2(usize),
+}
+
+fn reg_plan(dim: usize, vec: i32) -> Option<RegPlan> {
     if vec == 0 {
         return None;
     }
     let nvec = dim / 8;
-    [1usize, 2]
-        .into_iter()
-        .find(|nv| nvec.div_ceil(*nv) <= REG_MAX_THREADS)
-        .map(|nv| (nv, nvec.div_ceil(nv).next_multiple_of(32)))
+    if nvec <= ROWS_MAX_THREADS {
+        Some(RegPlan::Rows(nvec.next_multiple_of(32)))
+    } else if nvec.div_ceil(2) <= REG_MAX_THREADS {
+        Some(RegPlan::Reg2(nvec.div_ceil(2).next_multiple_of(32)))
+    } else {
+        None
+    }
 }
 
-fn reg_name(fwd: bool, nv: usize) -> &'static str {
-    match (fwd, nv) {
-        (true, 1) => "rmsnorm_fwd_reg1_bf16",
-        (true, _) => "rmsnorm_fwd_reg2_bf16",
-        (false, 1) => "rmsnorm_bwd_reg1_bf16",
-        (false, _) => "rmsnorm_bwd_reg2_bf16",
+fn reg_name(fwd: bool, plan: RegPlan) -> &'static str {
+    match (fwd, plan) {
+        (true, RegPlan::Rows(_)) => "rmsnorm_fwd_rows1_bf16",
+        (true, RegPlan::Reg2(_)) => "rmsnorm_fwd_reg2_bf16",
+        (false, RegPlan::Rows(_)) => "rmsnorm_bwd_rows1_bf16",
+        (false, RegPlan::Reg2(_)) => "rmsnorm_bwd_reg2_bf16",
     }
 }
 
@@ -122,8 +140,12 @@ fn forward_launch(
     }
     let vec = vectorizable(dim, &ptrs);
     let grid = (rows as u32, 1, 1);
-    if let Some((nv, threads)) = reg_plan(dim, vec) {
-        let f = function(dev, &CUBIN, reg_name(true, nv))?;
+    if let Some(plan) = reg_plan(dim, vec) {
+        let f = function(dev, &CUBIN, reg_name(true, plan))?;
+        let (grid, threads) = match plan {
+            RegPlan::Rows(t) => ((rows.div_ceil(ROWS_R) as u32, 1, 1), t),
+            RegPlan::Reg2(t) => (grid, t),
+        };
         launch!(dev, f, grid, threads, 0; px, pr, pw, ph, py, prs, nrows, ndim, feps)
     } else {
         let f = function(dev, &CUBIN, "rmsnorm_fwd_bf16")?;
@@ -241,17 +263,31 @@ fn backward(
     }
     let vec = vectorizable(dim, &ptrs);
     let (nrows, ndim) = (rows as i32, dim as i32);
-    if let Some((nv, threads)) = reg_plan(dim, vec) {
-        let name = reg_name(false, nv);
+    if let Some(plan) = reg_plan(dim, vec) {
+        let name = reg_name(false, plan);
         let f = function(&dev, &CUBIN, name)?;
-        // One wave of blocks: each keeps w and its dw partials in registers over
-        // `rows_per_block` rows, then adds them to dw (one atomic per column per block).
-        // Few rows per block: a block walks its rows one after another (two barriers each),
-        // so long row runs serialize on latency; measured on an H200 at 8192 x 2048, one wave
-        // of resident blocks (~12 rows each) ran at 0.66 TB/s. Eight rows per block keeps
-        // the atomics on dw to rows / 8 per column.
-        let wave = resident_blocks(&dev, &f, name, threads, 0)?;
-        let rows_per_block = rows.div_ceil(wave).clamp(1, 8);
+        let rows_per_block = match plan {
+            RegPlan::Rows(threads) => {
+                // Several waves of small blocks (one group of ROWS_R rows each while the
+                // grid is under ~4 waves): a block's loads are in flight while other blocks
+                // of its SM reduce or store, and the scheduler balances the tail. Beyond
+                // that, blocks take several groups, which bounds the dw atomics to ~4 waves
+                // of blocks per column.
+                let wave = resident_blocks(&dev, &f, name, threads, 0)?;
+                ROWS_R * rows.div_ceil(ROWS_R).div_ceil(4 * wave).max(1)
+            }
+            // One wave of blocks: each keeps w and its dw partials in registers over
+            // `rows_per_block` rows, walking them one after another (two barriers each), so
+            // at most 8 rows per block (measured on an H200 at 8192 x 2048: ~12 rows per
+            // block ran at 0.66 TB/s).
+            RegPlan::Reg2(threads) => {
+                let wave = resident_blocks(&dev, &f, name, threads, 0)?;
+                rows.div_ceil(wave).clamp(1, 8)
+            }
+        };
+        let threads = match plan {
+            RegPlan::Rows(t) | RegPlan::Reg2(t) => t,
+        };
         let blocks = rows.div_ceil(rows_per_block) as u32;
         let rpb = rows_per_block as i32;
         launch!(dev, f, (blocks, 1, 1), threads, 0;
