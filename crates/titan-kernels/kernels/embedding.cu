@@ -30,3 +30,26 @@ extern "C" __global__ void embedding_bwd_bf16(const unsigned int *__restrict__ i
     for (int c = threadIdx.x; c < dim; c += blockDim.x) atomicAdd(wr + c, __bfloat162float(dr[c]));
   }
 }
+
+// Embedding forward: out[r, :] = w[ids[r], :] (bf16 rows, a gather). One block per row of
+// 16-byte vectors (`vec`: dim % 8 == 0 and 16-byte aligned bases) or scalars. An id at or
+// above `vocab` reads nothing and writes a zero row (the caller checks ids on the host).
+extern "C" __global__ void embedding_fwd_bf16(const unsigned int *__restrict__ ids,
+                                              const bf16 *__restrict__ w, bf16 *__restrict__ out,
+                                              int n, int dim, int vocab, int vec) {
+  const int row = blockIdx.x;
+  if (row >= n) return;
+  const unsigned int id = ids[row];
+  const bool ok = id < (unsigned int)vocab;
+  const bf16 *wr = w + (size_t)(ok ? id : 0) * dim;
+  bf16 *orow = out + (size_t)row * dim;
+  if (vec) {
+    const uint4 *src = reinterpret_cast<const uint4 *>(wr);
+    uint4 *dst = reinterpret_cast<uint4 *>(orow);
+    for (int c = threadIdx.x; c < (dim >> 3); c += blockDim.x)
+      dst[c] = ok ? __ldg(src + c) : make_uint4(0u, 0u, 0u, 0u);
+  } else {
+    for (int c = threadIdx.x; c < dim; c += blockDim.x)
+      orow[c] = ok ? wr[c] : __float2bfloat16(0.f);
+  }
+}

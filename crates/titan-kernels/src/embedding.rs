@@ -1,4 +1,5 @@
-//! Fused embedding backward: scatter-add bf16 output gradients into an f32 weight gradient.
+//! Fused embedding forward (a bf16 row gather) and backward (scatter-add bf16 output
+//! gradients into an f32 weight gradient).
 
 use candle_core::{DType, Tensor};
 
@@ -49,4 +50,43 @@ pub fn embedding_backward(
     let (nn, ndim, nvocab, vec) = (n as i32, dim as i32, vocab as i32, vec as i32);
     launch!(dev, f, (n as u32, 1, 1), threads, 0; pids, pd, pdw, nn, ndim, nvocab, vec)?;
     Ok(dw)
+}
+
+/// `ids` (u32, any shape, contiguous) and `w (vocab, dim)` bf16 contiguous: returns the rows
+/// `w[ids]`, shaped `ids.dims() + [dim]`, gathered in 16-byte vectors when `dim % 8 == 0`
+/// and the table is 16-byte aligned. An id `>= vocab` reads nothing and gives a zero row:
+/// callers check ids on the host (as the Llama forward does).
+pub fn embedding_forward(ids: &Tensor, w: &Tensor) -> Result<Tensor> {
+    const FWD: &str = "embedding_forward";
+    let dev = cuda_device(FWD, w)?;
+    expect(FWD, "ids", ids, DType::U32, true)?;
+    expect(FWD, "weight", w, DType::BF16, true)?;
+    if !ids.device().same_device(w.device()) {
+        return unsupported(FWD, "ids and weight are on different devices");
+    }
+    let (vocab, dim) = w.dims2()?;
+    let n = ids.elem_count();
+    if n > i32::MAX as usize || dim == 0 || dim > i32::MAX as usize || vocab > i32::MAX as usize {
+        return unsupported(
+            FWD,
+            format!("{n} ids, vocab {vocab}, dim {dim} out of range"),
+        );
+    }
+    let mut shape = ids.dims().to_vec();
+    shape.push(dim);
+    let out = alloc(&dev, shape, DType::BF16, false)?;
+    if n == 0 {
+        return Ok(out);
+    }
+    let f = function(&dev, &CUBIN, "embedding_fwd_bf16")?;
+    let (pids, pw, po) = (ptr(ids)?, ptr(w)?, ptr(&out)?);
+    let vec = dim % 8 == 0 && (pw | po) % 16 == 0;
+    let threads = if vec {
+        (dim / 8).next_multiple_of(32).min(256)
+    } else {
+        dim.next_multiple_of(32).min(256)
+    };
+    let (nn, ndim, nvocab, vec) = (n as i32, dim as i32, vocab as i32, vec as i32);
+    launch!(dev, f, (n as u32, 1, 1), threads, 0; pids, pw, po, nn, ndim, nvocab, vec)?;
+    Ok(out)
 }

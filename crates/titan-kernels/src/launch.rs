@@ -44,6 +44,7 @@ pub(crate) const ALL: &[Cubin] = &[
     crate::embedding::CUBIN,
     crate::adamw::CUBIN,
     crate::gradnorm::CUBIN,
+    crate::elementwise::CUBIN,
 ];
 
 type FuncKey = (usize, &'static str, &'static str);

@@ -23,6 +23,8 @@ pub mod adamw;
 #[cfg(feature = "cuda")]
 pub mod attention;
 #[cfg(feature = "cuda")]
+pub mod elementwise;
+#[cfg(feature = "cuda")]
 pub mod embedding;
 #[cfg(feature = "cuda")]
 pub mod gemm;
