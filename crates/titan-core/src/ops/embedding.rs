@@ -28,6 +28,9 @@ impl Embedding {
     /// (checked by the caller on the host, where it costs nothing).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let w = self.weight.compute()?;
+        if let Some(out) = super::fused::embedding::embedding_forward(ids, w)? {
+            return Ok(out);
+        }
         let mut shape = ids.dims().to_vec();
         shape.push(self.dim());
         Ok(w.index_select(&ids.flatten_all()?, 0)?.reshape(shape)?)

@@ -14,6 +14,7 @@ use candle_core::{DType, Tensor};
 #[cfg(feature = "cuda")]
 use crate::Result;
 
+pub mod elementwise;
 pub mod embedding;
 pub mod gemm;
 pub mod norm;
