@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 use titan_core::layered::{opt_tensor_bytes, tensor_bytes};
+use titan_core::ops::fused::elementwise::add_or_candle;
 use titan_core::ops::{
     apply_rope, apply_rope_backward, swiglu_backward, swiglu_forward, AttentionKernel, AttnMask,
     AttnSaved, Linear, RmsNorm,
@@ -229,7 +230,8 @@ impl Block for LlamaBlock {
         let a = self.w1.forward(&n2)?;
         let b = self.w3.forward(&n2)?;
         let g = swiglu_forward(&a, &b)?;
-        let out = (&h + self.w2.forward(&g)?)?;
+        // The residual add in 16-byte vectors on GPU (candle's bf16 add reads scalars).
+        let out = add_or_candle(&h, &self.w2.forward(&g)?)?;
 
         let saved = match mode {
             SaveMode::All => LlamaBlockSaved {
@@ -287,11 +289,12 @@ impl Block for LlamaBlock {
         // Rebuild what per-op checkpointing dropped (bitwise the same values: same ops, same inputs).
         let h = match h {
             Some(h) => h,
-            None => {
-                (&x + attn_out.as_ref().ok_or(Error::MissingSaved {
+            None => add_or_candle(
+                &x,
+                attn_out.as_ref().ok_or(Error::MissingSaved {
                     module: "llama block (attn_out)",
-                })?)?
-            }
+                })?,
+            )?,
         };
         let (n2, rstd2) = match (n2, rstd2) {
             (Some(n), Some(r)) => (n, r),
