@@ -1,5 +1,5 @@
 //! Checks of the fused elementwise kernels (RoPE, SwiGLU, softmax cross-entropy, embedding
-//! backward) through titan-core's public ops, bf16 on the device, against f64 references on
+//! forward and backward, the bf16 add) through titan-core's public ops, bf16 on the device, against f64 references on
 //! the CPU. Inputs are rounded to bf16 before the reference sees them, so the error measures
 //! the kernels only. Sizes are picked to hit every code path: 16-byte vectors and scalar tails,
 //! unaligned views, strided and per-row RoPE tables, odd vocabularies, ignored labels.
@@ -80,6 +80,8 @@ pub fn checks(device: &Device, seed: u64) -> Result<Vec<Check>> {
     swiglu_checks(&mut c)?;
     cross_entropy_checks(&mut c)?;
     embedding_checks(&mut c)?;
+    embedding_forward_checks(&mut c)?;
+    add_checks(&mut c)?;
     Ok(c.rows)
 }
 
@@ -318,6 +320,86 @@ fn embedding_checks(c: &mut Ctx) -> Result<()> {
         )?;
         let taken = fused::embedding::embedding_backward(&ids, &dd, vocab, dim)?.is_some();
         c.taken(what, taken);
+    }
+    Ok(())
+}
+
+fn embedding_forward_checks(c: &mut Ctx) -> Result<()> {
+    // (vocab, dim, batch, seq): 16-byte rows (2048, 64) and scalar rows (100, 5).
+    for (vocab, dim, batch, seq) in [
+        (1000, 2048, 2, 37),
+        (37, 100, 3, 7),
+        (50, 64, 1, 1),
+        (11, 5, 2, 3),
+    ] {
+        let what = format!("embedding forward ({vocab},{dim}) ids ({batch},{seq})");
+        let ids_v: Vec<u32> = randint(
+            c.seed,
+            &format!("{what}.ids"),
+            batch * seq,
+            vocab as u32,
+            &CPU,
+        )?
+        .to_vec1()?;
+        let w = c.randn(&format!("{what}.w"), (vocab, dim), 1.0)?;
+        // Rows of the (bf16-exact) table, gathered on the host.
+        let host: Vec<f64> = w.flatten_all()?.to_vec1()?;
+        let rows: Vec<f64> = ids_v
+            .iter()
+            .flat_map(|&id| host[id as usize * dim..(id as usize + 1) * dim].to_vec())
+            .collect();
+        let reference = Tensor::from_vec(rows, (batch, seq, dim), &CPU)?;
+
+        let mut emb = Embedding {
+            weight: Param::from_tensor(
+                "emb",
+                w.to_dtype(DType::F32)?.to_device(c.device)?,
+                Init::Zeros,
+            )?,
+        };
+        emb.weight.refresh_compute(DType::BF16)?;
+        let ids = Tensor::from_slice(&ids_v, (batch, seq), c.device)?;
+        let out = emb.forward(&ids)?;
+        // A gather is exact.
+        c.check(what.clone(), &out, &reference, 1e-12)?;
+        let taken = fused::embedding::embedding_forward(&ids, emb.weight.compute()?)?.is_some();
+        c.taken(what, taken);
+    }
+    Ok(())
+}
+
+fn add_checks(c: &mut Ctx) -> Result<()> {
+    // (rows, cols, offset rows, fused expected): 512 x 2048 has 1B block-output rows; 7 x 100
+    // (700 elements) and 3 x 5 are not multiples of 8 (candle's add); the offset view of
+    // 12-wide rows (72 elements) starts 24 bytes in, not 16-byte aligned (candle's add).
+    for (rows, cols, offset, fusable) in [
+        (512, 2048, 0, true),
+        (7, 104, 0, true),
+        (1, 8, 0, true),
+        (7, 100, 0, false),
+        (3, 5, 0, false),
+        (6, 12, 1, false),
+    ] {
+        let what = format!("add ({rows},{cols}) offset {offset}");
+        // Far-apart magnitudes exercise the rounding of the f32 sum.
+        let a = c.randn(&format!("{what}.a"), (rows, cols), 1.0)?;
+        let b = c.randn(&format!("{what}.b"), (rows, cols), 1e-3)?;
+        // One rounding of the exact (f64) sum to bf16.
+        let reference = (&a + &b)?.to_dtype(DType::BF16)?.to_dtype(DType::F64)?;
+        let (ad, bd) = (c.put_at(&a, offset)?, c.put_at(&b, offset)?);
+        let out = fused::elementwise::add_or_candle(&ad, &bd)?;
+        c.check(format!("{what} a + b"), &out, &reference, 1e-12)?;
+        // candle's bf16 add gives the same bits.
+        let candle = (&ad + &bd)?;
+        c.check(format!("{what} == candle add"), &out, &candle, 1e-12)?;
+        let taken = fused::elementwise::add(&ad, &bd)?.is_some();
+        if fusable {
+            c.taken(what, taken);
+        } else if c.fused_expected {
+            // Falling back is the right answer here.
+            c.rows
+                .push(Check::fused_taken(&format!("{what} falls back"), !taken));
+        }
     }
     Ok(())
 }

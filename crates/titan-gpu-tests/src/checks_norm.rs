@@ -1,7 +1,9 @@
-//! Checks of the fused RMSNorm residual forms: `forward_residual` (h = x + r, y = norm(h) * w,
-//! rstd) and `backward_residual` (d_res + dx, dw) through titan-core's `RmsNorm`, bf16 on the
-//! device, against f64 references on the CPU computed from the same bf16 inputs. Shapes hit
-//! every kernel: the register kernels with one and two vectors per thread (full and partial),
+//! Checks of the fused RMSNorm through titan-core's `RmsNorm`: the plain forms (`forward`:
+//! y, rstd; `backward`: dx, dw) and the residual forms `forward_residual` (h = x + r,
+//! y = norm(h) * w, rstd) and `backward_residual` (d_res + dx, dw), bf16 on the device,
+//! against f64 references on the CPU computed from the same bf16 inputs. Shapes hit every
+//! kernel: the row-group kernels (4 rows per block; partial groups and partial rows), the
+//! two-vector register kernels (full and partial),
 //! the generic kernel with 16-byte vectors (dim > 16384) and with scalars (odd dim, or a view
 //! whose rows are not 16-byte aligned).
 //!
@@ -242,6 +244,43 @@ impl Ctx<'_> {
     }
 }
 
+impl Ctx<'_> {
+    /// The plain forms (no residual): `forward` (y, rstd) and `backward` (dx, dw) at
+    /// `rows x dim`, against the f64 reference with a zero residual.
+    fn plain_case(&mut self, rows: usize, dim: usize) -> Result<()> {
+        let what = format!("rmsnorm ({rows},{dim})");
+        let zeros = Tensor::zeros((rows, dim), DType::BF16, &CPU)?;
+        let cpu = Inputs {
+            x: self.randn(&format!("{what}.x"), (rows, dim), 1.0)?,
+            r: zeros.clone(),
+            w: (self
+                .randn(&format!("{what}.w"), dim, 0.1)?
+                .to_dtype(DType::F32)?
+                + 1.0)?
+                .to_dtype(DType::BF16)?,
+            dy: self.randn(&format!("{what}.dy"), (rows, dim), 1.0)?,
+            d_res: zeros,
+        };
+        let re = reference(&cpu, rows, dim)?;
+        let (x, dy) = (self.put(&cpu.x, 0)?, self.put(&cpu.dy, 0)?);
+        let mut norm = self.norm(&cpu.w)?;
+        let (y, rstd) = norm.forward(&x)?;
+        let dx = norm.backward(&x, &rstd, &dy)?;
+        let dw = norm.weight.take_grad().unwrap_or(dx.zeros_like()?);
+        self.push(format!("{what} y"), err(&y, &re.y)?, TOL_BF16);
+        self.push(format!("{what} rstd"), err(&rstd, &re.rstd)?, TOL_F32);
+        self.push(format!("{what} dx"), err(&dx, &re.d_h)?, TOL_BF16);
+        self.push(format!("{what} dw"), err(&dw, &re.dw)?, TOL_F32);
+        if self.fused_expected {
+            let wc = norm.weight.compute()?.clone();
+            let taken = fused::norm::rmsnorm_forward(&x, &wc, EPS)?.is_some()
+                && fused::norm::rmsnorm_backward(&x, &wc, &rstd, &dy)?.is_some();
+            self.push(format!("{what} fused"), if taken { 0.0 } else { 1.0 }, 0.5);
+        }
+        Ok(())
+    }
+}
+
 /// Every check of this module on `device`.
 pub fn checks(device: &Device, seed: u64) -> Result<Vec<Check>> {
     let mut c = Ctx {
@@ -250,9 +289,18 @@ pub fn checks(device: &Device, seed: u64) -> Result<Vec<Check>> {
         fused_expected: device.is_cuda() && fused::AVAILABLE && fused::enabled(),
         rows: Vec::new(),
     };
+    // The row-group kernels take 4 rows per block: row counts below 4 and not a multiple
+    // of 4 leave partial groups.
     for dim in [2048, 4096, 100] {
-        for rows in [1, 7, 8192] {
+        for rows in [1, 3, 7, 13, 8192, 8195] {
             c.case(rows, dim, 0)?;
+        }
+    }
+    // Without the residual: the row-group kernels (2048, 4096, partial 1000), the two-vector
+    // kernel just past them (4104) and the generic one (100).
+    for dim in [2048, 4096, 1000, 4104, 100] {
+        for rows in [1, 3, 13, 8195] {
+            c.plain_case(rows, dim)?;
         }
     }
     // Generic scalar kernel with dim % 8 == 0 (rows not 16-byte aligned).
