@@ -450,3 +450,149 @@ extern "C" __global__ void __launch_bounds__(1024)
 
 // Rows per block of the row-group kernels (the launcher's ROWS_R must match).
 NORM_ROWS_KERNELS(1, 4)
+
+// ---------------------------------------------------------------------------------------------
+// Generic kernels (any dim).
+
+extern "C" __global__ void rmsnorm_fwd_bf16(const bf16 *__restrict__ x, const bf16 *__restrict__ r,
+                                            const bf16 *__restrict__ w, bf16 *__restrict__ h,
+                                            bf16 *__restrict__ y, float *__restrict__ rstd_out,
+                                            int rows, int dim, float eps, int vec) {
+  __shared__ float scratch[32];
+  const int row = blockIdx.x;
+  if (row >= rows) return;
+  const size_t base = (size_t)row * dim;
+  const bf16 *xr = x + base;
+  const bf16 *rr = r != nullptr ? r + base : nullptr;
+  bf16 *yr = y + base;
+  // Pass 1 writes h; pass 2 recomputes it from x and r (bitwise the same) instead of reading
+  // `h` back, so no pointer is both written and read.
+  float ss = 0.f;
+  if (vec) {
+    for (int c = threadIdx.x * 8; c < dim; c += blockDim.x * 8) {
+      float v[8];
+      unpack8(ld8(xr + c), v);
+      if (rr != nullptr) {
+        float b[8];
+        unpack8(ld8(rr + c), b);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] += b[i];
+        const bf16x8 hv = pack8(v);
+        st8(h + base + c, hv);
+        unpack8(hv, v);
+      }
+#pragma unroll
+      for (int i = 0; i < 8; ++i) ss += v[i] * v[i];
+    }
+  } else {
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+      float v = __bfloat162float(xr[c]);
+      if (rr != nullptr) {
+        const bf16 hv = __float2bfloat16(v + __bfloat162float(rr[c]));
+        h[base + c] = hv;
+        v = __bfloat162float(hv);
+      }
+      ss += v * v;
+    }
+  }
+  ss = block_sum(ss, scratch);
+  const float rs = rsqrtf(ss / (float)dim + eps);
+  if (threadIdx.x == 0) rstd_out[row] = rs;
+  if (vec) {
+    for (int c = threadIdx.x * 8; c < dim; c += blockDim.x * 8) {
+      float v[8], wv[8], o[8];
+      unpack8(ld8(xr + c), v);
+      if (rr != nullptr) {
+        float b[8];
+        unpack8(ld8(rr + c), b);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] += b[i];
+        unpack8(pack8(v), v);
+      }
+      unpack8(ld8(w + c), wv);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) o[i] = v[i] * rs * wv[i];
+      st8(yr + c, pack8(o));
+    }
+  } else {
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+      float v = __bfloat162float(xr[c]);
+      if (rr != nullptr) v = __bfloat162float(__float2bfloat16(v + __bfloat162float(rr[c])));
+      yr[c] = __float2bfloat16(v * rs * __bfloat162float(w[c]));
+    }
+  }
+}
+
+// Backward. `dw` (dim f32) must be zeroed by the caller; each block adds its rows' share.
+// Shared memory: dim floats for the block's dw partial sums.
+extern "C" __global__ void rmsnorm_bwd_bf16(const bf16 *__restrict__ x, const bf16 *__restrict__ w,
+                                            const float *__restrict__ rstd,
+                                            const bf16 *__restrict__ dy,
+                                            const bf16 *__restrict__ dres, bf16 *__restrict__ dx,
+                                            float *__restrict__ dw, int rows, int dim,
+                                            int rows_per_block, int vec) {
+  extern __shared__ float dw_part[];
+  __shared__ float scratch[32];
+  for (int c = threadIdx.x; c < dim; c += blockDim.x) dw_part[c] = 0.f;
+  __syncthreads();
+  const int row0 = blockIdx.x * rows_per_block;
+  const int row1 = min(rows, row0 + rows_per_block);
+  for (int row = row0; row < row1; ++row) {
+    const size_t base = (size_t)row * dim;
+    const bf16 *xr = x + base;
+    const bf16 *dyr = dy + base;
+    const bf16 *rr = dres != nullptr ? dres + base : nullptr;
+    bf16 *dxr = dx + base;
+    const float r = rstd[row];
+    // mean(g * xhat)
+    float acc = 0.f;
+    if (vec) {
+      for (int c = threadIdx.x * 8; c < dim; c += blockDim.x * 8) {
+        float xv[8], dv[8], wv[8];
+        unpack8(ld8(xr + c), xv);
+        unpack8(ld8(dyr + c), dv);
+        unpack8(ld8(w + c), wv);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const float xh = xv[i] * r;
+          acc += dv[i] * wv[i] * xh;
+          dw_part[c + i] += dv[i] * xh;  // each column is owned by one thread
+        }
+      }
+    } else {
+      for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+        const float xh = __bfloat162float(xr[c]) * r;
+        const float dv = __bfloat162float(dyr[c]);
+        acc += dv * __bfloat162float(w[c]) * xh;
+        dw_part[c] += dv * xh;
+      }
+    }
+    const float m = block_sum(acc, scratch) / (float)dim;
+    if (vec) {
+      for (int c = threadIdx.x * 8; c < dim; c += blockDim.x * 8) {
+        float xv[8], dv[8], wv[8], o[8];
+        unpack8(ld8(xr + c), xv);
+        unpack8(ld8(dyr + c), dv);
+        unpack8(ld8(w + c), wv);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) o[i] = r * (dv[i] * wv[i] - xv[i] * r * m);
+        if (rr != nullptr) {
+          float rf[8];
+          unpack8(ld8(rr + c), rf);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) o[i] += rf[i];
+        }
+        st8(dxr + c, pack8(o));
+      }
+    } else {
+      for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+        const float xv = __bfloat162float(xr[c]);
+        float o = r * (__bfloat162float(dyr[c]) * __bfloat162float(w[c]) - xv * r * m);
+        if (rr != nullptr) o += __bfloat162float(rr[c]);
+        dxr[c] = __float2bfloat16(o);
+      }
+    }
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < dim; c += blockDim.x) atomicAdd(dw + c, dw_part[c]);
+}
