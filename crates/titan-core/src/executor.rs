@@ -151,7 +151,7 @@ impl Executor {
         }
 
         run_hook(hooks, model, UnitId::Head, mb, Phase::BeforeForward)?;
-        let (loss, head_saved) = model.head_forward(&h, target, loss_scale)?;
+        let (loss, head_saved) = model.head_forward_for_backward(&h, target, loss_scale)?;
         drop(h);
         run_hook(hooks, model, UnitId::Head, mb, Phase::AfterForward)?;
         live += head_saved.bytes();

@@ -87,6 +87,18 @@ pub trait LayeredModel: Send {
         target: &Self::Target,
         loss_scale: f64,
     ) -> Result<(Tensor, Self::HeadSaved)>;
+    /// Head forward in a pass whose head backward follows ([`crate::Executor::forward_backward`];
+    /// forward-only passes call [`LayeredModel::head_forward`]). A head may do part of its
+    /// backward here when that saves memory, e.g. turn the logits into their gradient in place
+    /// so the two never coexist. The default is [`LayeredModel::head_forward`].
+    fn head_forward_for_backward(
+        &self,
+        h: &Tensor,
+        target: &Self::Target,
+        loss_scale: f64,
+    ) -> Result<(Tensor, Self::HeadSaved)> {
+        self.head_forward(h, target, loss_scale)
+    }
     /// Head backward: the gradient of the last hidden state (of the scaled loss).
     fn head_backward(&mut self, saved: Self::HeadSaved) -> Result<Tensor>;
 

@@ -268,6 +268,17 @@ fn cross_entropy_checks(c: &mut Ctx) -> Result<()> {
             }
             None => false,
         };
+        // Loss and gradient at once (a training head: on the fused path the logits' own
+        // buffer becomes the gradient): the same values as the two calls above.
+        let (loss2, d2) =
+            cross_entropy_forward_backward(c.put_at(&logits, offset)?, &labels, scale)?;
+        c.check(
+            format!("{what} forward_backward loss"),
+            &loss2,
+            &loss,
+            1e-12,
+        )?;
+        c.check(format!("{what} forward_backward dlogits"), &d2, &d, 1e-12)?;
         c.taken(what, taken);
     }
     Ok(())

@@ -151,10 +151,11 @@ extern "C" __global__ void xent_sum_f32(const float *__restrict__ row_loss, floa
   }
 }
 
-extern "C" __global__ void xent_bwd_bf16(const bf16 *__restrict__ logits,
-                                         const long long *__restrict__ labels,
-                                         const float *__restrict__ lse, bf16 *__restrict__ dl,
-                                         int rows, int vocab, float scale, int vec) {
+// `dl` may be `logits` itself (the gradient written in place): every element is read and
+// then written by the same thread, so neither pointer is `__restrict__`.
+extern "C" __global__ void xent_bwd_bf16(const bf16 *logits, const long long *__restrict__ labels,
+                                         const float *__restrict__ lse, bf16 *dl, int rows,
+                                         int vocab, float scale, int vec) {
   const int row = blockIdx.x;
   if (row >= rows) return;
   const size_t off = (size_t)row * vocab;

@@ -99,3 +99,29 @@ pub fn cross_entropy_backward(saved: &CrossEntropySaved) -> Result<Tensor> {
     let d = (probs.broadcast_mul(&valid)? - onehot)?;
     Ok((d * saved.scale)?.to_dtype(saved.logits.dtype())?)
 }
+
+/// The loss and its logits gradient at once, for a pass whose backward follows: the same
+/// values as [`cross_entropy_forward`] then [`cross_entropy_backward`]. `logits` is consumed:
+/// on the fused path its buffer becomes the gradient (the kernel writes `d_logits` in place),
+/// so the `(rows, vocab)` logits and their gradient never coexist.
+pub fn cross_entropy_forward_backward(
+    logits: Tensor,
+    labels: &Tensor,
+    scale: f64,
+) -> Result<(Tensor, Tensor)> {
+    let (loss, saved) = cross_entropy_forward(&logits, labels, scale)?;
+    if logits.is_contiguous()
+        && super::fused::xent::cross_entropy_backward_in_place(
+            &saved.logits,
+            &saved.labels,
+            &saved.lse,
+            saved.scale,
+        )?
+    {
+        drop(saved);
+        return Ok((loss, logits));
+    }
+    drop(logits);
+    let d_logits = cross_entropy_backward(&saved)?;
+    Ok((loss, d_logits))
+}

@@ -16,7 +16,8 @@ pub mod swiglu;
 
 pub use attention::{AttentionKernel, AttnMask, AttnSaved, MaskKind, NaiveAttention};
 pub use cross_entropy::{
-    cross_entropy_backward, cross_entropy_forward, CrossEntropySaved, IGNORE_INDEX,
+    cross_entropy_backward, cross_entropy_forward, cross_entropy_forward_backward,
+    CrossEntropySaved, IGNORE_INDEX,
 };
 pub use embedding::Embedding;
 pub use flash_attention::FlashAttention;

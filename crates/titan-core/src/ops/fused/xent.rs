@@ -48,3 +48,30 @@ pub fn cross_entropy_backward(
         Ok(None)
     }
 }
+
+/// Writes `d_logits` over `logits` with the fused kernel; `false` (nothing written) when the
+/// kernel does not apply.
+pub fn cross_entropy_backward_in_place(
+    logits: &Tensor,
+    labels: &Tensor,
+    lse: &Tensor,
+    scale: f64,
+) -> Result<bool> {
+    if !super::applies(logits) {
+        return Ok(false);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        Ok(
+            super::lift(titan_kernels::xent::cross_entropy_backward_in_place(
+                logits, labels, lse, scale,
+            ))?
+            .is_some(),
+        )
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (labels, lse, scale);
+        Ok(false)
+    }
+}
