@@ -149,6 +149,14 @@ struct PendingGrad {
     mb: MicrobatchInfo,
 }
 
+/// HSDP: a unit's all-reduces over the replicas (one per shard gradient), started but not yet
+/// folded back.
+#[derive(Debug)]
+struct PendingReplica {
+    ui: usize,
+    works: Vec<Work>,
+}
+
 /// FSDP (or HSDP with a replicate group) over a layered model.
 #[derive(Debug)]
 pub struct Fsdp {
@@ -162,6 +170,8 @@ pub struct Fsdp {
     prefetched: Vec<Option<Vec<Work>>>,
     /// Reduce-scatters started but not yet folded into the shard gradients.
     pending_grads: Vec<PendingGrad>,
+    /// HSDP: replica all-reduces started but not yet folded into the shard gradients.
+    pending_replica: Vec<PendingReplica>,
 }
 
 impl Fsdp {
@@ -224,6 +234,7 @@ impl Fsdp {
             index,
             prefetched,
             pending_grads: Vec::new(),
+            pending_replica: Vec::new(),
         };
         fsdp.check_same_model()?;
         tracing::info!(
@@ -358,6 +369,7 @@ impl Fsdp {
             u.gathered
                 || self.prefetched[*i].is_some()
                 || self.pending_grads.iter().any(|p| p.ui == *i)
+                || self.pending_replica.iter().any(|p| p.ui == *i)
         });
         match busy {
             Some((_, u)) => Err(Error::Sharding(format!(
@@ -371,14 +383,35 @@ impl Fsdp {
     /// Collectives started and not yet finished: prefetched all-gathers and reduce-scatters
     /// not yet folded in. Zero between passes.
     pub fn in_flight(&self) -> usize {
-        self.prefetched.iter().filter(|w| w.is_some()).count() + self.pending_grads.len()
+        self.prefetched.iter().filter(|w| w.is_some()).count()
+            + self.pending_grads.len()
+            + self.pending_replica.len()
     }
 
-    /// Folds every reduce-scatter still in flight into the shard gradients. The last unit's
-    /// `after_backward` does this already; call it if a pass ends some other way.
+    /// Folds every reduce-scatter (and HSDP replica all-reduce) still in flight into the shard
+    /// gradients. The last unit's `after_backward` does this already; call it if a pass ends
+    /// some other way.
     pub fn finish_pending(&mut self) -> Result<()> {
+        self.fold_reduce_scatters()?;
+        self.fold_replica_sums()
+    }
+
+    /// Folds the reduce-scatters in flight into the shard gradients (under HSDP, after a pass's
+    /// last microbatch, this starts each such unit's all-reduce over the replicas).
+    fn fold_reduce_scatters(&mut self) -> Result<()> {
         for p in std::mem::take(&mut self.pending_grads) {
             self.finish_reduce(p)?;
+        }
+        Ok(())
+    }
+
+    /// HSDP: replaces each shard gradient with its finished sum over the replicas.
+    fn fold_replica_sums(&mut self) -> Result<()> {
+        for p in std::mem::take(&mut self.pending_replica) {
+            for (s, work) in self.units[p.ui].params.iter_mut().zip(p.works) {
+                let summed = work.wait()?.to_dtype(DType::F32)?;
+                s.shard.set_grad(Some(summed))?;
+            }
         }
         Ok(())
     }
@@ -475,6 +508,7 @@ impl Fsdp {
     pub fn release_all<M: LayeredModel>(&mut self, model: &mut M) {
         // Dropping in-flight work is safe: its buffers are released in stream order.
         self.pending_grads.clear();
+        self.pending_replica.clear();
         for w in &mut self.prefetched {
             *w = None;
         }
@@ -617,30 +651,44 @@ impl Fsdp {
         }
         if mb.is_last() {
             if let Some(rep) = &self.replicate_group {
-                all_reduce_shard_grads(&mut unit.params, rep.as_ref(), rdt, &self.device)?;
+                let works = start_replica_sums(
+                    &unit.params,
+                    rep.as_ref(),
+                    rdt,
+                    &self.device,
+                    self.cfg.overlap,
+                )?;
+                self.pending_replica.push(PendingReplica { ui, works });
             }
         }
         Ok(())
     }
 }
 
-/// Sums the unit's shard gradients over the HSDP replicas (one all-reduce per parameter, in
-/// `rdt`; no staging buffer).
-fn all_reduce_shard_grads(
-    params: &mut [ShardedParam],
+/// Starts summing the unit's shard gradients over the HSDP replicas (one all-reduce per
+/// parameter, in `rdt`; no staging buffer). Asynchronous with `overlap`, so on NCCL the sum
+/// runs during the next unit's backward ([`Fsdp::fold_replica_sums`] waits for it).
+fn start_replica_sums(
+    params: &[ShardedParam],
     group: &dyn ProcessGroup,
     rdt: DType,
     device: &Device,
-) -> Result<()> {
-    for s in params.iter_mut() {
-        let g = match s.shard.grad() {
-            Some(g) => g.to_dtype(rdt)?,
-            None => Tensor::zeros(s.layout.local_shape().as_slice(), rdt, device)?,
-        };
-        let summed = group.all_reduce(&g, ReduceOp::Sum)?.to_dtype(DType::F32)?;
-        s.shard.set_grad(Some(summed))?;
-    }
-    Ok(())
+    overlap: bool,
+) -> Result<Vec<Work>> {
+    params
+        .iter()
+        .map(|s| {
+            let g = match s.shard.grad() {
+                Some(g) => g.to_dtype(rdt)?,
+                None => Tensor::zeros(s.layout.local_shape().as_slice(), rdt, device)?,
+            };
+            if overlap {
+                group.all_reduce_async(&g, ReduceOp::Sum)
+            } else {
+                Ok(Work::done(group.all_reduce(&g, ReduceOp::Sum)?))
+            }
+        })
+        .collect()
 }
 
 fn master_of(p: &Param) -> Result<&Tensor> {
@@ -756,8 +804,11 @@ impl BlockHooks for Fsdp {
         let ui = self.unit_index(unit, params)?;
         let works = self.start_reduce(ui, params)?;
         self.release(ui, params);
-        // The previous unit's reduce-scatter ran during this unit's backward: fold it in now.
-        self.finish_pending()?;
+        // What ran during this unit's backward is folded in now: the replica sums started one
+        // unit ago (HSDP), then the previous unit's reduce-scatter (which starts its replica
+        // sum, to run during the next unit's backward).
+        self.fold_replica_sums()?;
+        self.fold_reduce_scatters()?;
         self.pending_grads.push(PendingGrad { ui, works, mb });
         // Without overlap, and after the last unit of the backward pass, nothing may wait.
         if !self.cfg.overlap || ui == 0 {
