@@ -207,6 +207,21 @@ __device__ __forceinline__ void block_sums(float (&v)[R], float (*scratch)[32]) 
   for (int r = 0; r < R; ++r) v[r] = warp_sum(lane < nwarps ? scratch[r][lane] : 0.f);
 }
 
+// Rows row0 .. row0 + R - 1 of `p`, this thread's NV vectors of each (zeros past `rows` or
+// the row's end).
+template <int NV, int R>
+__device__ __forceinline__ void load_rows(bf16x8 (&out)[R][NV], const bf16 *__restrict__ p,
+                                          int row0, int rows, int dim, int nvec) {
+#pragma unroll
+  for (int j = 0; j < R; ++j) {
+#pragma unroll
+    for (int k = 0; k < NV; ++k) {
+      const int v = threadIdx.x + k * blockDim.x;
+      out[j][k] = ld16_if(p + (size_t)(row0 + j) * dim + v * 8, row0 + j < rows && v < nvec);
+    }
+  }
+}
+
 // Forward: block b normalizes rows b * R .. b * R + R - 1 (those below `rows`).
 template <int NV, int R>
 __device__ __forceinline__ void fwd_rows(const bf16 *__restrict__ x, const bf16 *__restrict__ r,
@@ -218,24 +233,10 @@ __device__ __forceinline__ void fwd_rows(const bf16 *__restrict__ x, const bf16 
   const int row0 = blockIdx.x * R;
   bf16x8 hv[R][NV];
   // All loads first (x, then r), then the math.
-#pragma unroll
-  for (int j = 0; j < R; ++j) {
-#pragma unroll
-    for (int k = 0; k < NV; ++k) {
-      const int v = threadIdx.x + k * blockDim.x;
-      hv[j][k] = ld16_if(x + (size_t)(row0 + j) * dim + v * 8, row0 + j < rows && v < nvec);
-    }
-  }
+  load_rows<NV, R>(hv, x, row0, rows, dim, nvec);
   if (r != nullptr) {
     bf16x8 rv[R][NV];
-#pragma unroll
-    for (int j = 0; j < R; ++j) {
-#pragma unroll
-      for (int k = 0; k < NV; ++k) {
-        const int v = threadIdx.x + k * blockDim.x;
-        rv[j][k] = ld16_if(r + (size_t)(row0 + j) * dim + v * 8, row0 + j < rows && v < nvec);
-      }
-    }
+    load_rows<NV, R>(rv, r, row0, rows, dim, nvec);
 #pragma unroll
     for (int j = 0; j < R; ++j) {
 #pragma unroll

@@ -183,6 +183,15 @@ impl Llama3 {
         Ok(())
     }
 
+    /// The head's final norm and output projection: `(normed, rstd, logits (rows, vocab))`.
+    fn head_logits(&self, h: &Tensor) -> titan_core::Result<(Tensor, Tensor, Tensor)> {
+        let (normed, rstd) = self.norm.forward(h)?;
+        let logits = self.output.forward(&normed)?;
+        let v = logits.dim(candle_core::D::Minus1)?;
+        let rows = logits.elem_count() / v;
+        Ok((normed, rstd, logits.reshape((rows, v))?))
+    }
+
     /// Put a host batch on the device: `tokens` row-major `(batch, seq)`, optional per-token
     /// positions. Token ids are checked against the vocabulary here, on the host.
     pub fn make_batch(
@@ -331,11 +340,8 @@ impl LayeredModel for Llama3 {
         labels: &Tensor,
         loss_scale: f64,
     ) -> titan_core::Result<(Tensor, LlamaHeadSaved)> {
-        let (normed, rstd) = self.norm.forward(h)?;
-        let logits = self.output.forward(&normed)?;
-        let v = logits.dim(candle_core::D::Minus1)?;
-        let rows = logits.elem_count() / v;
-        let (loss, ce) = cross_entropy_forward(&logits.reshape((rows, v))?, labels, loss_scale)?;
+        let (normed, rstd, logits) = self.head_logits(h)?;
+        let (loss, ce) = cross_entropy_forward(&logits, labels, loss_scale)?;
         Ok((
             loss,
             LlamaHeadSaved {
@@ -353,16 +359,11 @@ impl LayeredModel for Llama3 {
         labels: &Tensor,
         loss_scale: f64,
     ) -> titan_core::Result<(Tensor, LlamaHeadSaved)> {
-        let (normed, rstd) = self.norm.forward(h)?;
-        let logits = self.output.forward(&normed)?;
-        let v = logits.dim(candle_core::D::Minus1)?;
-        let rows = logits.elem_count() / v;
+        let (normed, rstd, logits) = self.head_logits(h)?;
         // The gradient replaces the logits in their own buffer (fused path): the largest
         // activation of the step (2.1 GB bf16 at 8192 rows of a 128256 vocabulary) is not
         // doubled at the start of backward.
-        let (loss, d_logits) =
-            cross_entropy_forward_backward(logits.reshape((rows, v))?, labels, loss_scale)?;
-        drop(logits);
+        let (loss, d_logits) = cross_entropy_forward_backward(logits, labels, loss_scale)?;
         Ok((
             loss,
             LlamaHeadSaved {
