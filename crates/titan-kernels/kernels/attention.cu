@@ -812,16 +812,6 @@ BWD_KERNEL(flash_bwd_hd64_doc, 64, BWD_BM64, true, true)
 BWD_KERNEL(flash_bwd_hd128, 128, BWD_BM128, false, false)
 BWD_KERNEL(flash_bwd_hd128_doc, 128, BWD_BM128, false, true)
 
-// Alternative backward tiles (causal only), picked with TITAN_FLASH_BWD for A/B timing: half
-// the kv rows per CTA and 4 warps, so two CTAs share an SM (250 / 214 / 247 registers).
-#define BWD_KERNEL_ALT(name, hd, bn, bm, nw, kv_regs)                           \
-  extern "C" __global__ void __launch_bounds__(nw * 32, 2) name(BWD_PARAMS) { \
-    flash_bwd<hd, bn, bm, nw, kv_regs, false>(BWD_ARGS);                        \
-  }
-BWD_KERNEL_ALT(flash_bwd_hd64_bn64, 64, 64, 64, 4, true)
-BWD_KERNEL_ALT(flash_bwd_hd64_bn64_bm32, 64, 64, 32, 4, true)
-BWD_KERNEL_ALT(flash_bwd_hd128_bn64, 128, 64, 32, 4, false)
-
 // dq (b, s, hq, hd) bf16 = dq_acc * scale; n is a multiple of 8.
 extern "C" __global__ void flash_bwd_dq_convert(const float *__restrict__ acc,
                                                 bf16 *__restrict__ dq, i64 n, float scale) {

@@ -38,42 +38,10 @@ fn fwd_smem(hd: usize) -> usize {
     SMEM_ALIGN + FWD_BM * hd * 2 + 2 * 2 * FWD_BN * hd * 2 + 2 * FWD_BN * 4
 }
 
-fn bwd_smem(hd: usize, bn: usize, bm: usize) -> usize {
+fn bwd_smem(hd: usize) -> usize {
     // K, V [BN][hd], Q, dO [2][BM][hd], dS^T [BN][BM] bf16; lse2, D, doc ids [2][BM] 4 bytes.
-    SMEM_ALIGN + 2 * bn * hd * 2 + 2 * 2 * bm * hd * 2 + bn * bm * 2 + 3 * 2 * bm * 4
-}
-
-/// A backward kernel and its tiles (kv rows per CTA, q rows per step, threads).
-#[derive(Debug, Clone, Copy)]
-struct BwdPlan {
-    name: &'static str,
-    bn: usize,
-    bm: usize,
-    threads: u32,
-}
-
-/// The backward kernel for `hd` and mask: the default tiles, or (causal only) an alternative
-/// named by `TITAN_FLASH_BWD` for A/B timing: `bn64` (hd 64 and 128) or `bn64_bm32` (hd 64).
-fn bwd_plan(hd: usize, doc: bool) -> BwdPlan {
-    static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let choice = CHOICE.get_or_init(|| std::env::var("TITAN_FLASH_BWD").ok());
-    let plan = |name, bn, bm, threads| BwdPlan {
-        name,
-        bn,
-        bm,
-        threads,
-    };
-    match (hd, doc, choice.as_deref()) {
-        (64, false, Some("bn64")) => plan("flash_bwd_hd64_bn64", 64, 64, 128),
-        (64, false, Some("bn64_bm32")) => plan("flash_bwd_hd64_bn64_bm32", 64, 32, 128),
-        (128, false, Some("bn64")) => plan("flash_bwd_hd128_bn64", 64, 32, 128),
-        _ => plan(
-            kernel_name(Stage::Backward, hd, doc),
-            BWD_BN,
-            bwd_bm(hd),
-            THREADS,
-        ),
-    }
+    let bm = bwd_bm(hd);
+    SMEM_ALIGN + 2 * BWD_BN * hd * 2 + 2 * 2 * bm * hd * 2 + BWD_BN * bm * 2 + 3 * 2 * bm * 4
 }
 
 /// Sizes shared by every tensor of one attention call.
@@ -307,14 +275,13 @@ pub fn flash_attn_backward(
         launch!(dev, f, (blocks, 1, 1), THREADS, 0;
             po, pdo, pl, pl2, pds, batch, hq, seq, o_sb, o_sh, o_ss, do_sb, do_sh, do_ss)?;
 
-        let plan = bwd_plan(d.hd, pdoc != 0);
-        let f = function(&dev, &CUBIN, plan.name)?;
-        let smem = bwd_smem(d.hd, plan.bn, plan.bm);
+        let f = function(&dev, &CUBIN, kernel_name(Stage::Backward, d.hd, pdoc != 0))?;
+        let smem = bwd_smem(d.hd);
         set_dynamic_smem(&f, smem as u32)?;
         let scale_log2 = (scale * std::f64::consts::LOG2_E) as f32;
         let fscale = scale as f32;
-        let grid = (d.hkv as u32, d.b as u32, d.s.div_ceil(plan.bn) as u32);
-        launch!(dev, f, grid, plan.threads, smem;
+        let grid = (d.hkv as u32, d.b as u32, d.s.div_ceil(BWD_BN) as u32);
+        launch!(dev, f, grid, THREADS, smem;
             pq, pk, pv, pdo, pl2, pds, pacc, pdk, pdv, pdoc, seq, hq, hkv,
             q_sb, q_sh, q_ss, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss, do_sb, do_sh, do_ss,
             scale_log2, fscale)?;
