@@ -32,8 +32,10 @@ pub fn opt_tensor_bytes(t: &Option<Tensor>) -> usize {
 pub enum SaveMode {
     /// Everything backward reads.
     All,
-    /// Only the outputs of matmuls and attention (torchtitan's per-op selective checkpointing);
-    /// the cheap elementwise work (norms, RoPE, SwiGLU) is recomputed in backward.
+    /// torchtitan's per-op selective checkpointing: attention's outputs and every other matmul
+    /// output in forward order are kept; the other matmuls and the cheap elementwise work
+    /// (norms, RoPE, SwiGLU) are recomputed in backward. How a block maps this onto its own
+    /// ops is the block's call (see its saved-state type).
     MatmulOutputs,
 }
 

@@ -11,7 +11,7 @@ use titan_core::ops::{
     apply_rope, apply_rope_backward, swiglu_backward, swiglu_forward, AttentionKernel, AttnMask,
     AttnSaved, Linear, RmsNorm,
 };
-use titan_core::{Block, Error, Module, Param, Result, SaveMode, SavedState};
+use titan_core::{Block, Module, Param, Result, SaveMode, SavedState};
 
 use super::args::LlamaArgs;
 use super::describe::block_specs;
@@ -46,18 +46,22 @@ pub struct LlamaBlock {
 
 /// What a block keeps for backward. Fields marked "recomputable" are dropped under per-op
 /// selective checkpointing ([`SaveMode::MatmulOutputs`]) and rebuilt from the others.
+///
+/// The per-op policy follows torchtitan's (`_op_sac_save_list`): attention's outputs and every
+/// other matmul output in forward order are kept (wq, wv, w1; w2's output is not needed),
+/// while wk, wo and w3 are recomputed. One deviation: the rotated k stays with the attention
+/// state (1/4 of q's size under GQA), so only wo and w3 run again in backward.
 #[derive(Debug)]
 pub struct LlamaBlockSaved {
     /// Block input `(b, s, dim)`.
     x: Tensor,
     /// Attention inputs (rotated q, k; v, head-major), output and kernel extras.
     attn: AttnSaved,
-    /// `w1` and `w3` outputs `(b, s, ffn)`.
+    /// `w1` output `(b, s, ffn)`.
     a: Tensor,
-    b: Tensor,
-    /// `wo` output; kept only under selective checkpointing, to rebuild `h`.
-    attn_out: Option<Tensor>,
     // Recomputable.
+    /// `w3` output `(b, s, ffn)`.
+    b: Option<Tensor>,
     rstd1: Option<Tensor>,
     n1: Option<Tensor>,
     o: Option<Tensor>,
@@ -72,9 +76,8 @@ impl SavedState for LlamaBlockSaved {
         tensor_bytes(&self.x)
             + self.attn.bytes()
             + tensor_bytes(&self.a)
-            + tensor_bytes(&self.b)
             + [
-                &self.attn_out,
+                &self.b,
                 &self.rstd1,
                 &self.n1,
                 &self.o,
@@ -238,8 +241,7 @@ impl Block for LlamaBlock {
                 x: x.clone(),
                 attn,
                 a,
-                b,
-                attn_out: None,
+                b: Some(b),
                 rstd1: Some(rstd1),
                 n1: Some(n1),
                 o: Some(o),
@@ -252,8 +254,7 @@ impl Block for LlamaBlock {
                 x: x.clone(),
                 attn,
                 a,
-                b,
-                attn_out: Some(attn_out),
+                b: None,
                 rstd1: None,
                 n1: None,
                 o: None,
@@ -277,7 +278,6 @@ impl Block for LlamaBlock {
             attn,
             a,
             b,
-            attn_out,
             rstd1,
             n1,
             o,
@@ -286,19 +286,23 @@ impl Block for LlamaBlock {
             n2,
             g,
         } = saved;
-        // Rebuild what per-op checkpointing dropped (bitwise the same values: same ops, same inputs).
+        // Rebuild what per-op checkpointing dropped (bitwise the same values: same ops, same
+        // inputs): h = x + wo(o), the ffn norm, w3's output, the gate.
+        let o = match o {
+            Some(o) => o,
+            None => Self::from_heads(&attn.out)?,
+        };
         let h = match h {
             Some(h) => h,
-            None => add_or_candle(
-                &x,
-                attn_out.as_ref().ok_or(Error::MissingSaved {
-                    module: "llama block (attn_out)",
-                })?,
-            )?,
+            None => add_or_candle(&x, &self.wo.forward(&o)?)?,
         };
         let (n2, rstd2) = match (n2, rstd2) {
             (Some(n), Some(r)) => (n, r),
             _ => self.ffn_norm.forward(&h)?,
+        };
+        let b = match b {
+            Some(b) => b,
+            None => self.w3.forward(&n2)?,
         };
         let g = match g {
             Some(g) => g,
@@ -314,10 +318,6 @@ impl Block for LlamaBlock {
         let d_h = self.ffn_norm.backward_residual(&h, &rstd2, &d_n2, d_out)?;
 
         // Attention branch.
-        let o = match o {
-            Some(o) => o,
-            None => Self::from_heads(&attn.out)?,
-        };
         let d_o = self.wo.backward(&o, &d_h)?;
         let d_o_heads = self.to_heads(&d_o, self.n_heads)?;
         let (d_q, d_k, d_v) =
