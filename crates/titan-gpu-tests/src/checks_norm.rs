@@ -131,6 +131,15 @@ impl Ctx<'_> {
         Ok(randn(self.seed, name, shape, std, DType::F64, &CPU)?.to_dtype(DType::BF16)?)
     }
 
+    /// A norm weight near 1 (bf16, CPU), as trained norms are.
+    fn norm_weight(&self, what: &str, dim: usize) -> Result<Tensor> {
+        Ok((self
+            .randn(&format!("{what}.w"), dim, 0.1)?
+            .to_dtype(DType::F32)?
+            + 1.0)?
+            .to_dtype(DType::BF16)?)
+    }
+
     /// `t (rows, dim)` on the device, `offset` elements into a bigger buffer (offset 1: rows
     /// are not 16-byte aligned, so the kernels must take their scalar path).
     fn put(&self, t: &Tensor, offset: usize) -> Result<Tensor> {
@@ -161,11 +170,7 @@ impl Ctx<'_> {
         let cpu = Inputs {
             x: self.randn(&format!("{what}.x"), (rows, dim), 1.0)?,
             r: self.randn(&format!("{what}.r"), (rows, dim), 1.0)?,
-            w: (self
-                .randn(&format!("{what}.w"), dim, 0.1)?
-                .to_dtype(DType::F32)?
-                + 1.0)?
-                .to_dtype(DType::BF16)?,
+            w: self.norm_weight(&what, dim)?,
             dy: self.randn(&format!("{what}.dy"), (rows, dim), 1.0)?,
             d_res: self.randn(&format!("{what}.d_res"), (rows, dim), 1.0)?,
         };
@@ -253,11 +258,7 @@ impl Ctx<'_> {
         let cpu = Inputs {
             x: self.randn(&format!("{what}.x"), (rows, dim), 1.0)?,
             r: zeros.clone(),
-            w: (self
-                .randn(&format!("{what}.w"), dim, 0.1)?
-                .to_dtype(DType::F32)?
-                + 1.0)?
-                .to_dtype(DType::BF16)?,
+            w: self.norm_weight(&what, dim)?,
             dy: self.randn(&format!("{what}.dy"), (rows, dim), 1.0)?,
             d_res: zeros,
         };
