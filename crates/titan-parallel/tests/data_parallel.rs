@@ -374,6 +374,37 @@ fn titan_optim_adamw_steps_on_shards_unchanged() {
 }
 
 #[test]
+fn gathering_the_steps_bf16_copies_equals_casting_the_masters() {
+    // AdamW writing the bf16 compute copies in its pass (FSDP and HSDP then all-gather the
+    // shards' copies; DDP computes with them) gives bitwise what casting the masters gives.
+    for base in [
+        Layout::new(1, 2, 2),
+        Layout::new(2, 2, 4),
+        Layout::new(2, 1, 2),
+    ] {
+        let layout = |opt| Layout {
+            opt,
+            param_dtype: DType::BF16,
+            ..base
+        };
+        let cast = train(layout(Opt::AdamW));
+        for opt in [Opt::AdamWRefresh, Opt::AdamWAlternate] {
+            let copies = train(layout(opt));
+            assert_eq!(
+                cast[0].0.losses, copies[0].0.losses,
+                "{} {opt:?}",
+                cast[0].1
+            );
+            assert!(
+                bitwise_same(&cast[0].0.params, &copies[0].0.params),
+                "{} {opt:?}",
+                cast[0].1
+            );
+        }
+    }
+}
+
+#[test]
 fn one_rank_clipping_agrees_with_titan_optim() {
     let mut a = new_model(DType::F32);
     a.init_weights(SEED).unwrap();

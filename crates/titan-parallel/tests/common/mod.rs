@@ -90,6 +90,13 @@ pub enum Opt {
     Sgd,
     /// titan-optim's AdamW (torchtitan defaults, lr 1e-2), unchanged.
     AdamW,
+    /// The same AdamW through `step_and_refresh`, which writes the compute copies of what it
+    /// steps (FSDP then gathers those instead of casting the masters), followed by
+    /// `DataParallel::after_refreshing_step`: the trainer's path.
+    AdamWRefresh,
+    /// `AdamWRefresh` on even steps, plain `AdamW` on odd ones: a copy left from an even step
+    /// must never be gathered after an odd step changed the masters.
+    AdamWAlternate,
 }
 
 /// An optimizer of either kind.
@@ -102,7 +109,7 @@ impl Stepper {
     pub fn new(opt: Opt) -> Self {
         match opt {
             Opt::Sgd => Stepper::Sgd,
-            Opt::AdamW => Stepper::AdamW(
+            Opt::AdamW | Opt::AdamWRefresh | Opt::AdamWAlternate => Stepper::AdamW(
                 titan_optim::Optimizer::new(titan_optim::AdamWConfig::adamw()).unwrap(),
             ),
         }
@@ -111,6 +118,13 @@ impl Stepper {
         match self {
             Stepper::Sgd => sgd(params),
             Stepper::AdamW(o) => o.step(params, 1e-2).unwrap(),
+        }
+    }
+    /// A step that also rebuilds the compute copies in `dtype` (AdamW only).
+    pub fn step_and_refresh(&mut self, params: &mut [&mut Param], dtype: DType) {
+        match self {
+            Stepper::Sgd => panic!("step_and_refresh is an AdamW path"),
+            Stepper::AdamW(o) => o.step_and_refresh(params, 1e-2, dtype).unwrap(),
         }
     }
 }
@@ -274,9 +288,19 @@ pub fn train_rank(world: Group, layout: Layout) -> (Run, &'static str, usize) {
         }
         losses.push(sum_f64(mesh.loss().as_ref(), local_loss).unwrap());
         norms.push(dp.clip_grad_norm(&mut model, layout.max_norm).unwrap());
-        stepper.step(&mut dp.optimizer_params(&mut model));
-        dp.after_optimizer_step(&mut model, layout.param_dtype)
-            .unwrap();
+        let refresh = match layout.opt {
+            Opt::AdamWRefresh => true,
+            Opt::AdamWAlternate => step % 2 == 0,
+            Opt::Sgd | Opt::AdamW => false,
+        };
+        if refresh {
+            stepper.step_and_refresh(&mut dp.optimizer_params(&mut model), layout.param_dtype);
+            dp.after_refreshing_step(&mut model);
+        } else {
+            stepper.step(&mut dp.optimizer_params(&mut model));
+            dp.after_optimizer_step(&mut model, layout.param_dtype)
+                .unwrap();
+        }
     }
     let params = dp.full_state(&model).unwrap();
     (
