@@ -1,40 +1,17 @@
 //! Elementwise bf16 kernels in 16-byte vectors: `add_bf16` (`a + b`, rounded once, bit for
 //! bit candle's bf16 add).
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
-
-use candle_core::cuda_backend::cudarc::driver::sys;
-use candle_core::cuda_backend::CudaDevice;
 use candle_core::{DType, Tensor};
 
-use crate::error::{unsupported, Error, Result};
-use crate::launch::{alloc, cubin, cuda_device, expect, function, launch, ptr, Cubin};
+use crate::error::{unsupported, Result};
+use crate::launch::{
+    alloc, cubin, cuda_device, expect, function, launch, ptr, resident_blocks, Cubin,
+};
 
 pub(crate) const CUBIN: Cubin = cubin!("elementwise");
 const ADD: &str = "add_bf16";
 /// Threads per block (`__launch_bounds__(256)` in elementwise.cu).
 const THREADS: usize = 256;
-/// Resident 256-thread blocks per SM at full occupancy (2048 threads; the kernel uses 32
-/// registers).
-const BLOCKS_PER_SM: usize = 8;
-
-/// Multiprocessors of `dev` (cached per device).
-fn sm_count(dev: &CudaDevice) -> Result<usize> {
-    static CACHE: OnceLock<Mutex<HashMap<usize, usize>>> = OnceLock::new();
-    let ctx = dev.cuda_stream().context().clone();
-    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(n) = cache.lock().unwrap().get(&ctx.ordinal()) {
-        return Ok(*n);
-    }
-    let sms = ctx
-        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-        .map_err(|e| Error::Driver(e.to_string()))?;
-    let n = sms.max(1) as usize;
-    cache.lock().unwrap().insert(ctx.ordinal(), n);
-    Ok(n)
-}
-
 /// `a + b` for contiguous bf16 CUDA tensors of one shape: f32 sum, one rounding (the same
 /// bits as candle's bf16 add). `Unsupported` unless the element count is a multiple of 8 and
 /// both inputs start 16-byte aligned (the caller then uses candle's add).
@@ -66,9 +43,9 @@ pub fn add_bf16(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let n8 = (n / 8) as i64;
     // Grid-stride: one resident wave of blocks (or fewer for small tensors), each thread
     // taking two vectors per iteration.
-    let wave = sm_count(&dev)? * BLOCKS_PER_SM;
-    let blocks = (n / 8).div_ceil(2 * THREADS).clamp(1, wave) as u32;
     let f = function(&dev, &CUBIN, ADD)?;
+    let wave = resident_blocks(&dev, &f, ADD, THREADS, 0)?;
+    let blocks = (n / 8).div_ceil(2 * THREADS).clamp(1, wave) as u32;
     launch!(dev, f, (blocks, 1, 1), THREADS, 0; pa, pb, po, n8)?;
     Ok(out)
 }

@@ -242,3 +242,33 @@ macro_rules! launch {
     }};
 }
 pub(crate) use launch;
+
+/// Blocks of `threads` that fit on the whole device at once (cached per device, kernel and
+/// block size): one resident wave, for launchers that size their grid to it.
+pub(crate) fn resident_blocks(
+    dev: &CudaDevice,
+    f: &CudaFunction,
+    name: &'static str,
+    threads: usize,
+    smem: usize,
+) -> Result<usize> {
+    type Key = (usize, &'static str, usize, usize);
+    static CACHE: OnceLock<Mutex<HashMap<Key, usize>>> = OnceLock::new();
+    let ctx = dev.cuda_stream().context().clone();
+    let key = (ctx.ordinal(), name, threads, smem);
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(n) = cache.lock().unwrap().get(&key) {
+        return Ok(*n);
+    }
+    let driver =
+        |e: candle_core::cuda_backend::cudarc::driver::DriverError| Error::Driver(e.to_string());
+    let sms = ctx
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_err(driver)?;
+    let per_sm = f
+        .occupancy_max_active_blocks_per_multiprocessor(threads as u32, smem, None)
+        .map_err(driver)?;
+    let n = (sms.max(1) as usize) * (per_sm.max(1) as usize);
+    cache.lock().unwrap().insert(key, n);
+    Ok(n)
+}

@@ -7,16 +7,13 @@
 //! one barrier round for all four) or `*_reg2` (wider rows, one at a time); any other shape
 //! runs the generic kernels.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
-
-use candle_core::cuda_backend::cudarc::driver::{sys, CudaFunction};
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::{DType, Tensor};
 
-use crate::error::{unsupported, Error, Result};
+use crate::error::{unsupported, Result};
 use crate::launch::{
-    alloc, cubin, cuda_device, expect, function, launch, ptr, set_dynamic_smem, Cubin,
+    alloc, cubin, cuda_device, expect, function, launch, ptr, resident_blocks, set_dynamic_smem,
+    Cubin,
 };
 
 pub(crate) const CUBIN: Cubin = cubin!("norm");
@@ -57,6 +54,15 @@ enum RegPlan {
     Reg2(usize),
 }
 
+impl RegPlan {
+    /// Threads per block.
+    fn threads(self) -> usize {
+        match self {
+            RegPlan::Rows(t) | RegPlan::Reg2(t) => t,
+        }
+    }
+}
+
 fn reg_plan(dim: usize, vec: i32) -> Option<RegPlan> {
     if vec == 0 {
         return None;
@@ -78,36 +84,6 @@ fn reg_name(fwd: bool, plan: RegPlan) -> &'static str {
         (false, RegPlan::Rows(_)) => "rmsnorm_bwd_rows1_bf16",
         (false, RegPlan::Reg2(_)) => "rmsnorm_bwd_reg2_bf16",
     }
-}
-
-/// Blocks of `threads` that fit on the whole device at once (cached per device, kernel and
-/// block size), so the backward can size one wave of blocks.
-fn resident_blocks(
-    dev: &CudaDevice,
-    f: &CudaFunction,
-    name: &'static str,
-    threads: usize,
-    smem: usize,
-) -> Result<usize> {
-    type Key = (usize, &'static str, usize, usize);
-    static CACHE: OnceLock<Mutex<HashMap<Key, usize>>> = OnceLock::new();
-    let ctx = dev.cuda_stream().context().clone();
-    let key = (ctx.ordinal(), name, threads, smem);
-    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(n) = cache.lock().unwrap().get(&key) {
-        return Ok(*n);
-    }
-    let driver =
-        |e: candle_core::cuda_backend::cudarc::driver::DriverError| Error::Driver(e.to_string());
-    let sms = ctx
-        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-        .map_err(driver)?;
-    let per_sm = f
-        .occupancy_max_active_blocks_per_multiprocessor(threads as u32, smem, None)
-        .map_err(driver)?;
-    let n = (sms.max(1) as usize) * (per_sm.max(1) as usize);
-    cache.lock().unwrap().insert(key, n);
-    Ok(n)
 }
 
 /// Shape of the per-row `rstd`: like `x` with a last dimension of 1.
@@ -142,10 +118,11 @@ fn forward_launch(
     let grid = (rows as u32, 1, 1);
     if let Some(plan) = reg_plan(dim, vec) {
         let f = function(dev, &CUBIN, reg_name(true, plan))?;
-        let (grid, threads) = match plan {
-            RegPlan::Rows(t) => ((rows.div_ceil(ROWS_R) as u32, 1, 1), t),
-            RegPlan::Reg2(t) => (grid, t),
+        let grid = match plan {
+            RegPlan::Rows(_) => (rows.div_ceil(ROWS_R) as u32, 1, 1),
+            RegPlan::Reg2(_) => grid,
         };
+        let threads = plan.threads();
         launch!(dev, f, grid, threads, 0; px, pr, pw, ph, py, prs, nrows, ndim, feps)
     } else {
         let f = function(dev, &CUBIN, "rmsnorm_fwd_bf16")?;
@@ -266,27 +243,20 @@ fn backward(
     if let Some(plan) = reg_plan(dim, vec) {
         let name = reg_name(false, plan);
         let f = function(&dev, &CUBIN, name)?;
+        let threads = plan.threads();
+        let wave = resident_blocks(&dev, &f, name, threads, 0)?;
         let rows_per_block = match plan {
-            RegPlan::Rows(threads) => {
-                // One wave of blocks, each walking several groups of ROWS_R rows: every
-                // block ends with one atomicAdd per column into dw, and those serialize in
-                // the few L2 lines dw spans. Measured on an H200 at 8192 x 2048: 2048 blocks
-                // of one group each (4M atomics on 64 lines) took 134 us, the atomics rather
-                // than the 134 MB of traffic setting the pace.
-                let wave = resident_blocks(&dev, &f, name, threads, 0)?;
-                ROWS_R * rows.div_ceil(ROWS_R).div_ceil(wave).max(1)
-            }
+            // One wave of blocks, each walking several groups of ROWS_R rows: every block
+            // ends with one atomicAdd per column into dw, and those serialize in the few L2
+            // lines dw spans. Measured on an H200 at 8192 x 2048: 2048 blocks of one group
+            // each (4M atomics on 64 lines) took 134 us, the atomics rather than the 134 MB
+            // of traffic setting the pace.
+            RegPlan::Rows(_) => ROWS_R * rows.div_ceil(ROWS_R).div_ceil(wave).max(1),
             // One wave of blocks: each keeps w and its dw partials in registers over
             // `rows_per_block` rows, walking them one after another (two barriers each), so
             // at most 8 rows per block (measured on an H200 at 8192 x 2048: ~12 rows per
             // block ran at 0.66 TB/s).
-            RegPlan::Reg2(threads) => {
-                let wave = resident_blocks(&dev, &f, name, threads, 0)?;
-                rows.div_ceil(wave).clamp(1, 8)
-            }
-        };
-        let threads = match plan {
-            RegPlan::Rows(t) | RegPlan::Reg2(t) => t,
+            RegPlan::Reg2(_) => rows.div_ceil(wave).clamp(1, 8),
         };
         let blocks = rows.div_ceil(rows_per_block) as u32;
         let rpb = rows_per_block as i32;
