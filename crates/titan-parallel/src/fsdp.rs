@@ -485,19 +485,15 @@ impl Fsdp {
     /// Every full parameter (f32), gathered over the shard group: for exports and tests.
     /// Collective: every rank of the shard group must call it.
     pub fn gather_full_state(&self) -> Result<Vec<(String, Tensor)>> {
-        let n = self.shard_group.size();
         let mut out = Vec::new();
         for s in self.shards() {
             let flat = padded_flat(master_of(&s.shard)?, s.layout.padded_elems())?;
-            let all = self.shard_group.all_gather(&flat)?;
-            let per = s.layout.padded_elems();
-            let pieces = (0..n)
-                .map(|r| {
-                    let (_, rows) = s.layout.rows_of(r);
-                    all.narrow(0, r * per, rows * s.layout.row_elems())
-                })
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            let full = Tensor::cat(&pieces, 0)?.reshape(s.layout.global_shape.as_slice())?;
+            // As in `gather`: the real rows are the prefix of the padded chunks.
+            let full = self
+                .shard_group
+                .all_gather(&flat)?
+                .narrow(0, 0, s.layout.global_elems())?
+                .reshape(s.layout.global_shape.as_slice())?;
             out.push((s.shard.name().to_string(), full));
         }
         Ok(out)
