@@ -214,15 +214,12 @@ impl DataParallel {
         model: &mut M,
         compute_dtype: DType,
     ) -> Result<()> {
-        match self {
-            Self::Fsdp(f) => f.zero_grad(),
-            Self::Single | Self::Ddp(_) => {
-                for p in model.params_mut() {
-                    p.refresh_compute(compute_dtype)?;
-                    p.zero_grad();
-                }
+        if !matches!(self, Self::Fsdp(_)) {
+            for p in model.params_mut() {
+                p.refresh_compute(compute_dtype)?;
             }
         }
+        self.after_refreshing_step(model);
         Ok(())
     }
 

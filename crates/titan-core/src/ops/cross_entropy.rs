@@ -110,14 +110,13 @@ pub fn cross_entropy_forward_backward(
     scale: f64,
 ) -> Result<(Tensor, Tensor)> {
     let (loss, saved) = cross_entropy_forward(&logits, labels, scale)?;
-    if logits.is_contiguous()
-        && super::fused::xent::cross_entropy_backward_in_place(
-            &saved.logits,
-            &saved.labels,
-            &saved.lse,
-            saved.scale,
-        )?
-    {
+    // The kernel refuses (false) anything but contiguous bf16 CUDA logits.
+    if super::fused::xent::cross_entropy_backward_in_place(
+        &saved.logits,
+        &saved.labels,
+        &saved.lse,
+        saved.scale,
+    )? {
         drop(saved);
         return Ok((loss, logits));
     }
