@@ -1,9 +1,12 @@
-//! Compiles `kernels/*.cu` to sm_90 cubins with nvcc when feature `cuda` is on (no PTX: the
+//! Compiles `kernels/*.cu` to sm_90a cubins with nvcc when feature `cuda` is on (no PTX: the
 //! driver's JIT of candle's PTX costs ~20 s at start-up; a cubin loads in milliseconds).
 //!
 //! nvcc is taken from `NVCC`, then `CUDA_ROOT`/`CUDA_HOME`/`CUDA_PATH` `/bin/nvcc`, then
 //! `/usr/local/cuda/bin/nvcc`, then `PATH`. `TITAN_CUDA_ARCH` overrides the target (default
-//! `sm_90`).
+//! `sm_90a`: Hopper with its warpgroup MMA, which the hd-64 attention kernels use; sm_90a code
+//! runs on every compute-capability-9.0 GPU). For `sm_90a` the build sets cfg `titan_wgmma`,
+//! so the launchers know those kernels are real; for any other target they trap and are never
+//! picked.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,6 +45,7 @@ fn main() {
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
+    println!("cargo:rustc-check-cfg=cfg(titan_wgmma)");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
@@ -55,7 +59,16 @@ fn main() {
              `cargo xtask cuda-build`, which installs nvcc 13.0 from NVIDIA's wheels"
         );
     };
-    let arch = std::env::var("TITAN_CUDA_ARCH").unwrap_or_else(|_| "sm_90".into());
+    let arch = std::env::var("TITAN_CUDA_ARCH").unwrap_or_else(|_| "sm_90a".into());
+    // Architecture-specific targets (sm_90a) need the -gencode form: nvcc 13.0's `-arch=sm_90a`
+    // shorthand also runs a plain sm_90 pass, which rejects wgmma.
+    let target = match arch.strip_prefix("sm_") {
+        Some(cc) if cc.ends_with('a') => format!("-gencode=arch=compute_{cc},code={arch}"),
+        _ => format!("-arch={arch}"),
+    };
+    if arch == "sm_90a" {
+        println!("cargo:rustc-cfg=titan_wgmma");
+    }
     let extra = std::env::var("TITAN_NVCC_FLAGS").unwrap_or_default();
     let mut sources: Vec<PathBuf> = std::fs::read_dir(&kernels)
         .expect("kernels/ folder")
@@ -69,7 +82,7 @@ fn main() {
         let cubin = out.join(format!("{stem}.cubin"));
         let mut cmd = Command::new(&nvcc);
         cmd.arg("-cubin")
-            .arg(format!("-arch={arch}"))
+            .arg(&target)
             .args(["-O3", "-std=c++17", "-lineinfo", "-Xptxas=-warn-spills"])
             .arg("-I")
             .arg(&kernels)

@@ -229,10 +229,30 @@ fn run_case(device: &Device, seed: u64, idx: usize, c: Case) -> Result<Vec<Check
 
 /// Every case above: per case, the worst relative error of `out, dq, dk, dv` against the f64
 /// oracle and against the naive kernel, plus a failing row where the fused kernel did not run.
+///
+/// Head dim 64 runs twice where the build has both implementations: on the warpgroup-MMA
+/// kernels (the default) and on the mma.sync ones (labels end in "(mma.sync)").
 pub fn checks(device: &Device, seed: u64) -> Result<Vec<Check>> {
+    use titan_core::ops::fused;
     let mut out = Vec::new();
+    let default = fused::hopper_attention();
     for (i, c) in cases().into_iter().enumerate() {
         out.extend(run_case(device, seed, i, c)?);
+    }
+    if default && fused::hopper_attention_available() {
+        fused::set_hopper_attention(false);
+        let r = (|| -> Result<Vec<Check>> {
+            let mut more = Vec::new();
+            for (i, c) in cases().into_iter().enumerate().filter(|(_, c)| c.hd == 64) {
+                for mut check in run_case(device, seed, i, c)? {
+                    check.what.push_str(" (mma.sync)");
+                    more.push(check);
+                }
+            }
+            Ok(more)
+        })();
+        fused::set_hopper_attention(true);
+        out.extend(r?);
     }
     Ok(out)
 }

@@ -16,6 +16,7 @@
 // chunks of a row) are both free of bank conflicts. Out-of-range rows are zero-filled by
 // cp.async (src-size 0) and masked or left unwritten.
 #include "common.cuh"
+#include "wgmma.cuh"
 
 typedef long long i64;
 
@@ -746,6 +747,506 @@ __device__ __forceinline__ void flash_bwd(
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Forward on Hopper's warpgroup MMA (sm_90a), head_dim 64: same tiles, loads, masking and
+// online softmax as flash_fwd, but each warpgroup (4 warps, 64 q rows) issues S = Q K^T with
+// both operands from shared memory and O += P V with P from registers (the S accumulator
+// converted to bf16 is already wgmma's A fragment) and V read MN-major. Every hd-64 tile is a
+// [rows][64] bf16 tile of 128-byte rows whose 16-byte chunks are XORed with row % 8 (swz<64>):
+// exactly wgmma's 128-byte-swizzle layout, so the cp.async loads are unchanged. K steps along
+// head_dim advance the descriptor 32 bytes inside the swizzled row; steps along kv rows (V)
+// advance 16 rows (2 KiB). SBO = 1 KiB (8 rows); LBO is unused for these shapes.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || !defined(__CUDA_ARCH__)
+template <int BN, bool DOC>
+__device__ __forceinline__ void flash_fwd_wg64(const bf16 *__restrict__ q, const bf16 *__restrict__ k,
+                                               const bf16 *__restrict__ v, bf16 *__restrict__ o,
+                                               float *__restrict__ lse,
+                                               const uint32_t *__restrict__ doc, int seq, int hq,
+                                               int hkv, i64 q_sb, i64 q_sh, i64 q_ss, i64 k_sb,
+                                               i64 k_sh, i64 k_ss, i64 v_sb, i64 v_sh, i64 v_ss,
+                                               float scale_log2) {
+  constexpr int HD = 64, BM = 128, NT = 256, CH = HD / 8;
+  constexpr uint32_t RB = HD * 2;  // bytes per tile row
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+  bf16 *sQ = reinterpret_cast<bf16 *>(smem);
+  bf16 *sK = sQ + BM * HD;
+  bf16 *sV = sK + 2 * BN * HD;
+  uint32_t *sDoc = reinterpret_cast<uint32_t *>(sV + 2 * BN * HD);
+
+  const int m_block = gridDim.z - 1 - blockIdx.z;
+  const int h = blockIdx.x, b = blockIdx.y;
+  const int hk = h / (hq / hkv);
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int wg = warp >> 2, wl = warp & 3;  // warpgroup, warp within it
+  const int g = lane >> 2, tig = lane & 3;
+  const int q0 = m_block * BM;
+  const int wq0 = q0 + wg * 64;  // this warpgroup's first row
+
+  const bf16 *qb = q + b * q_sb + h * q_sh;
+  const bf16 *kb = k + b * k_sb + hk * k_sh;
+  const bf16 *vb = v + b * v_sb + hk * v_sh;
+  const uint32_t *docb = DOC ? doc + (i64)b * seq : nullptr;
+
+  for (int idx = tid; idx < BM * CH; idx += NT) {
+    const int r = idx / CH, c = (idx % CH) * 8;
+    const int i = q0 + r;
+    const bool ok = i < seq;
+    cp16(sQ + swz<HD>(r, c), qb + (ok ? i * q_ss + c : 0), ok);
+  }
+  cp_commit();
+
+  const int row_end = min(seq, q0 + BM);
+  const int n_end = (row_end + BN - 1) / BN;
+  int n_start = 0;
+  if (DOC) {
+    uint32_t qmn, qmx;
+    doc_range(docb, q0, row_end, lane, qmn, qmx);
+    while (n_start < n_end) {
+      uint32_t kmn, kmx;
+      doc_range(docb, n_start * BN, min(seq, n_start * BN + BN), lane, kmn, kmx);
+      if (kmx < qmn || kmn > qmx)
+        ++n_start;
+      else
+        break;
+    }
+  }
+
+  auto load_kv = [&](int n, int st) {
+    const int j0 = n * BN;
+    bf16 *dk = sK + st * BN * HD;
+    bf16 *dv = sV + st * BN * HD;
+    for (int idx = tid; idx < BN * CH; idx += NT) {
+      const int r = idx / CH, c = (idx % CH) * 8;
+      const int j = j0 + r;
+      const bool ok = j < seq;
+      cp16(dk + swz<HD>(r, c), kb + (ok ? j * k_ss + c : 0), ok);
+      cp16(dv + swz<HD>(r, c), vb + (ok ? j * v_ss + c : 0), ok);
+    }
+    if (DOC) {
+      for (int r = tid; r < BN; r += NT) {
+        const int j = j0 + r;
+        const bool ok = j < seq;
+        cp4(sDoc + st * BN + r, docb + (ok ? j : 0), ok);
+      }
+    }
+  };
+
+  if (n_start < n_end) load_kv(n_start, 0);
+  cp_commit();
+
+  const uint32_t sQa = smem_u32(sQ) + wg * 64 * RB, sKa = smem_u32(sK), sVa = smem_u32(sV);
+  const int row0 = wq0 + wl * 16 + g;  // this lane's rows: row0 and row0 + 8
+  uint32_t dq0 = 0, dq1 = 0;
+  if (DOC) {
+    dq0 = row0 < seq ? __ldg(docb + row0) : 0xffffffffu;
+    dq1 = row0 + 8 < seq ? __ldg(docb + row0 + 8) : 0xffffffffu;
+  }
+
+  float oacc[HD / 2];
+#pragma unroll
+  for (int i = 0; i < HD / 2; ++i) oacc[i] = 0.f;
+  float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.f, 0.f};
+
+  for (int n = n_start; n < n_end; ++n) {
+    const int st = (n - n_start) & 1;
+    if (n + 1 < n_end) {
+      load_kv(n + 1, st ^ 1);
+      cp_commit();
+      cp_wait<1>();
+    } else {
+      cp_wait<0>();
+    }
+    fence_async_smem();  // cp.async wrote the tiles the tensor cores read next
+    __syncthreads();
+    const int j0 = n * BN;
+    // A warpgroup whose 64 rows all precede the tile sees none of it.
+    if (j0 <= wq0 + 63) {
+      float s[BN / 2];
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < HD / 16; ++kk) {
+        const uint64_t da = wg_desc(sQa + kk * 32, 16, 1024);
+        const uint64_t db = wg_desc(sKa + st * BN * RB + kk * 32, 16, 1024);
+        if constexpr (BN == 128)
+          wgmma_m64n128_ss<0, 0>(s, da, db, kk);
+        else
+          wgmma_m64n64_ss<0, 0>(s, da, db, kk);
+      }
+      wg_commit();
+      wg_wait<0>();
+      wg_keep(s);
+      if (DOC || j0 + BN - 1 > wq0 + wl * 16) {
+        const uint32_t *cDoc = sDoc + st * BN;
+#pragma unroll
+        for (int t = 0; t < BN / 8; ++t) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int i = row0 + (e >> 1) * 8;
+            const int jc = t * 8 + 2 * tig + (e & 1);
+            bool masked = j0 + jc > i;
+            if (DOC) masked |= cDoc[jc] != ((e >> 1) ? dq1 : dq0);
+            if (masked) s[4 * t + e] = -INFINITY;
+          }
+        }
+      }
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int t = 0; t < BN / 8; ++t) {
+        mx[0] = fmaxf(mx[0], fmaxf(s[4 * t], s[4 * t + 1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[4 * t + 2], s[4 * t + 3]));
+      }
+      float mu[2], alpha[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(kFull, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(kFull, mx[r], 2));
+        const float mn = fmaxf(m_r[r], mx[r] * scale_log2);
+        mu[r] = mn == -INFINITY ? 0.f : mn;
+        alpha[r] = exp2_fast(m_r[r] - mu[r]);
+        m_r[r] = mn;
+        l_r[r] *= alpha[r];
+      }
+#pragma unroll
+      for (int t = 0; t < BN / 8; ++t) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float p = exp2_fast(fmaf(s[4 * t + e], scale_log2, -mu[e >> 1]));
+          s[4 * t + e] = p;
+          l_r[e >> 1] += p;
+        }
+      }
+#pragma unroll
+      for (int t = 0; t < HD / 8; ++t) {
+        oacc[4 * t] *= alpha[0];
+        oacc[4 * t + 1] *= alpha[0];
+        oacc[4 * t + 2] *= alpha[1];
+        oacc[4 * t + 3] *= alpha[1];
+      }
+      uint32_t pa[BN / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) {
+        pa[kk][0] = pack2(s[8 * kk], s[8 * kk + 1]);
+        pa[kk][1] = pack2(s[8 * kk + 2], s[8 * kk + 3]);
+        pa[kk][2] = pack2(s[8 * kk + 4], s[8 * kk + 5]);
+        pa[kk][3] = pack2(s[8 * kk + 6], s[8 * kk + 7]);
+      }
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) {
+        const uint64_t db = wg_desc(sVa + st * BN * RB + kk * 16 * RB, 1024, 1024);
+        wgmma_m64n64_rs<1>(oacc, pa[kk], db, 1);
+      }
+      wg_commit();
+      wg_wait<0>();
+      wg_keep(oacc);
+    }
+    __syncthreads();  // the stage read here is refilled next iteration
+  }
+  cp_wait<0>();
+
+  float inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = l_r[r];
+    l += __shfl_xor_sync(kFull, l, 1);
+    l += __shfl_xor_sync(kFull, l, 2);
+    inv[r] = l > 0.f ? 1.f / l : 0.f;
+    const int i = row0 + r * 8;
+    if (tig == 0 && i < seq)
+      lse[((i64)b * hq + h) * seq + i] = l > 0.f ? (m_r[r] + log2f(l)) * kLn2 : INFINITY;
+  }
+
+  // Stage O through this warp's own 16 rows of sQ (its warpgroup's wgmmas are done), then
+  // 16-byte stores.
+  __syncwarp();
+  bf16 *sO = sQ;
+  const int orow = wg * 64 + wl * 16;
+#pragma unroll
+  for (int t = 0; t < HD / 8; ++t) {
+    const int c = t * 8 + 2 * tig;
+    *reinterpret_cast<uint32_t *>(sO + swz<HD>(orow + g, c)) =
+        pack2(oacc[4 * t] * inv[0], oacc[4 * t + 1] * inv[0]);
+    *reinterpret_cast<uint32_t *>(sO + swz<HD>(orow + g + 8, c)) =
+        pack2(oacc[4 * t + 2] * inv[1], oacc[4 * t + 3] * inv[1]);
+  }
+  __syncwarp();
+#pragma unroll
+  for (int idx = lane; idx < 16 * CH; idx += 32) {
+    const int r = idx / CH, c = (idx % CH) * 8;
+    const int i = q0 + orow + r;
+    if (i < seq)
+      *reinterpret_cast<uint4 *>(o + (((i64)b * seq + i) * hq + h) * HD + c) =
+          *reinterpret_cast<const uint4 *>(sO + swz<HD>(orow + r, c));
+  }
+}
+#endif  // sm_90a or host pass
+
+// ---------------------------------------------------------------------------------------------
+// Backward on Hopper's warpgroup MMA (sm_90a), head_dim 64: flash_bwd's tiles (BN = 128 kv
+// rows per CTA, BM = 64 q rows per step), loads and math, with each warpgroup owning 64 kv
+// rows. Per q tile: S^T = K Q^T and dP^T = V dO^T (A = K / V rows, B = Q / dO, all from shared
+// memory, K-major), then dV += P^T dO and dK += dS^T Q with the bf16 P^T / dS^T fragments as
+// register A and dO / Q read MN-major; dS^T goes to shared memory and dQ = dS K is split by
+// head_dim columns (warpgroup w: columns 32w..32w+31; A = dS^T read MN-major, B = K MN-major).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || !defined(__CUDA_ARCH__)
+template <bool DOC>
+__device__ __forceinline__ void flash_bwd_wg64(
+    const bf16 *__restrict__ q, const bf16 *__restrict__ k, const bf16 *__restrict__ v,
+    const bf16 *__restrict__ dout, const float *__restrict__ lse2, const float *__restrict__ dsum,
+    float *__restrict__ dq_acc, bf16 *__restrict__ dk, bf16 *__restrict__ dv,
+    const uint32_t *__restrict__ doc, int seq, int hq, int hkv, i64 q_sb, i64 q_sh, i64 q_ss,
+    i64 k_sb, i64 k_sh, i64 k_ss, i64 v_sb, i64 v_sh, i64 v_ss, i64 do_sb, i64 do_sh, i64 do_ss,
+    float scale_log2, float scale) {
+  constexpr int HD = 64, BN = 128, BM = 64, NT = 256, CH = HD / 8;
+  constexpr uint32_t RB = HD * 2;  // bytes per row of every tile (BM * 2 too)
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+  bf16 *sK = reinterpret_cast<bf16 *>(smem);
+  bf16 *sV = sK + BN * HD;
+  bf16 *sQ = sV + BN * HD;
+  bf16 *sdO = sQ + 2 * BM * HD;
+  bf16 *sdS = sdO + 2 * BM * HD;
+  float *sL = reinterpret_cast<float *>(sdS + BN * BM);
+  float *sD = sL + 2 * BM;
+  uint32_t *sDoc = reinterpret_cast<uint32_t *>(sD + 2 * BM);
+
+  const int n_block = blockIdx.z;
+  const int hk = blockIdx.x, b = blockIdx.y;
+  const int rep = hq / hkv;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int wg = warp >> 2, wl = warp & 3;
+  const int g = lane >> 2, tig = lane & 3;
+  const int j0 = n_block * BN;
+  const int wj0 = j0 + wg * 64;        // this warpgroup's first kv row
+  const int jr0 = wj0 + wl * 16 + g;   // this lane's kv rows: jr0 and jr0 + 8
+
+  const bf16 *kb = k + b * k_sb + hk * k_sh;
+  const bf16 *vb = v + b * v_sb + hk * v_sh;
+  const uint32_t *docb = DOC ? doc + (i64)b * seq : nullptr;
+
+  for (int idx = tid; idx < BN * CH; idx += NT) {
+    const int r = idx / CH, c = (idx % CH) * 8;
+    const int j = j0 + r;
+    const bool ok = j < seq;
+    cp16(sK + swz<HD>(r, c), kb + (ok ? j * k_ss + c : 0), ok);
+    cp16(sV + swz<HD>(r, c), vb + (ok ? j * v_ss + c : 0), ok);
+  }
+  cp_commit();
+
+  const int m_start = j0 / BM;
+  int m_end = (seq + BM - 1) / BM;
+  uint32_t dk0 = 0, dk1 = 0;
+  if (DOC) {
+    uint32_t kmn, kmx;
+    doc_range(docb, j0, min(seq, j0 + BN), lane, kmn, kmx);
+    while (m_end > m_start) {
+      uint32_t qmn, qmx;
+      doc_range(docb, (m_end - 1) * BM, min(seq, m_end * BM), lane, qmn, qmx);
+      if (qmx < kmn || qmn > kmx)
+        --m_end;
+      else
+        break;
+    }
+    dk0 = jr0 < seq ? __ldg(docb + jr0) : 0xffffffffu;
+    dk1 = jr0 + 8 < seq ? __ldg(docb + jr0 + 8) : 0xffffffffu;
+  }
+  const int nm = max(0, m_end - m_start);
+  const int total = nm * rep;
+
+  auto load_q = [&](int t, int st) {
+    const int h = hk * rep + t / nm;
+    const int i0 = (m_start + t % nm) * BM;
+    const bf16 *qb = q + b * q_sb + h * q_sh;
+    const bf16 *ob = dout + b * do_sb + h * do_sh;
+    bf16 *cq = sQ + st * BM * HD;
+    bf16 *co = sdO + st * BM * HD;
+    for (int idx = tid; idx < BM * CH; idx += NT) {
+      const int r = idx / CH, c = (idx % CH) * 8;
+      const int i = i0 + r;
+      const bool ok = i < seq;
+      cp16(cq + swz<HD>(r, c), qb + (ok ? i * q_ss + c : 0), ok);
+      cp16(co + swz<HD>(r, c), ob + (ok ? i * do_ss + c : 0), ok);
+    }
+    const i64 lrow = ((i64)b * hq + h) * seq;
+    for (int r = tid; r < BM; r += NT) {
+      const int i = i0 + r;
+      const bool ok = i < seq;
+      cp4(sL + st * BM + r, lse2 + lrow + (ok ? i : 0), ok);
+      cp4(sD + st * BM + r, dsum + lrow + (ok ? i : 0), ok);
+      if (DOC) cp4(sDoc + st * BM + r, docb + (ok ? i : 0), ok);
+    }
+  };
+
+  if (total > 0) load_q(0, 0);
+  cp_commit();
+
+  const uint32_t sKa = smem_u32(sK), sVa = smem_u32(sV), sQa = smem_u32(sQ);
+  const uint32_t sdOa = smem_u32(sdO), sdSa = smem_u32(sdS);
+  const uint32_t kA = sKa + wg * 64 * RB, vA = sVa + wg * 64 * RB;
+
+  float dka[HD / 2], dva[HD / 2];
+#pragma unroll
+  for (int i = 0; i < HD / 2; ++i) dka[i] = dva[i] = 0.f;
+
+  for (int t = 0; t < total; ++t) {
+    const int st = t & 1;
+    if (t + 1 < total) {
+      load_q(t + 1, st ^ 1);
+      cp_commit();
+      cp_wait<1>();
+    } else {
+      cp_wait<0>();
+    }
+    fence_async_smem();
+    __syncthreads();
+    const int h = hk * rep + t / nm;
+    const int i0 = (m_start + t % nm) * BM;
+    const uint32_t qS = sQa + st * BM * RB, oS = sdOa + st * BM * RB;
+    const float *cL = sL + st * BM;
+    const float *cD = sD + st * BM;
+    const uint32_t *cDoc = sDoc + st * BM;
+
+    // Every warpgroup runs every step, also where all its kv rows follow the q tile (masking
+    // gives P^T = dS^T = 0 there): skipping it in a branch that ptxas cannot prove uniform per
+    // warpgroup made it serialize every wgmma (C7520), 11% slower at the 1B shape.
+    {
+      // 1, 3. S^T = K Q^T and dP^T = V dO^T (64 kv rows x BM q columns each).
+      float s[BM / 2], dp[BM / 2];
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < HD / 16; ++kk)
+        wgmma_m64n64_ss<0, 0>(s, wg_desc(kA + kk * 32, 16, 1024), wg_desc(qS + kk * 32, 16, 1024), kk);
+      wg_commit();
+#pragma unroll
+      for (int kk = 0; kk < HD / 16; ++kk)
+        wgmma_m64n64_ss<0, 0>(dp, wg_desc(vA + kk * 32, 16, 1024), wg_desc(oS + kk * 32, 16, 1024), kk);
+      wg_commit();
+      wg_wait<1>();
+      wg_keep(s);
+      // 2. P^T, masked where kv row j > q row i or the documents differ.
+      const bool need_mask = DOC || (wj0 + wl * 16 + 15 > i0);
+#pragma unroll
+      for (int u = 0; u < BM / 8; ++u) {
+        const int c = u * 8 + 2 * tig;
+        const float2 L = *reinterpret_cast<const float2 *>(cL + c);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float x = s[4 * u + e];
+          if (need_mask) {
+            const int col = c + (e & 1);
+            bool masked = ((e >> 1) ? jr0 + 8 : jr0) > i0 + col;
+            if (DOC) masked |= cDoc[col] != ((e >> 1) ? dk1 : dk0);
+            if (masked) x = -INFINITY;
+          }
+          s[4 * u + e] = exp2_fast(fmaf(x, scale_log2, -((e & 1) ? L.y : L.x)));
+        }
+      }
+      uint32_t pa[BM / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk) {
+        pa[kk][0] = pack2(s[8 * kk], s[8 * kk + 1]);
+        pa[kk][1] = pack2(s[8 * kk + 2], s[8 * kk + 3]);
+        pa[kk][2] = pack2(s[8 * kk + 4], s[8 * kk + 5]);
+        pa[kk][3] = pack2(s[8 * kk + 6], s[8 * kk + 7]);
+      }
+      wg_wait<0>();
+      wg_keep(dp);
+      // 4. dV += P^T dO (k = q rows; dO read MN-major).
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk)
+        wgmma_m64n64_rs<1>(dva, pa[kk], wg_desc(oS + kk * 16 * RB, 1024, 1024), 1);
+      wg_commit();
+      // 5. dS^T = P^T (dP^T - D), to registers (bf16 A fragments) and shared memory.
+      uint32_t da[BM / 16][4];
+#pragma unroll
+      for (int u = 0; u < BM / 8; ++u) {
+        const float2 Dv = *reinterpret_cast<const float2 *>(cD + u * 8 + 2 * tig);
+        dp[4 * u] = s[4 * u] * (dp[4 * u] - Dv.x);
+        dp[4 * u + 1] = s[4 * u + 1] * (dp[4 * u + 1] - Dv.y);
+        dp[4 * u + 2] = s[4 * u + 2] * (dp[4 * u + 2] - Dv.x);
+        dp[4 * u + 3] = s[4 * u + 3] * (dp[4 * u + 3] - Dv.y);
+      }
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk) {
+        da[kk][0] = pack2(dp[8 * kk], dp[8 * kk + 1]);
+        da[kk][1] = pack2(dp[8 * kk + 2], dp[8 * kk + 3]);
+        da[kk][2] = pack2(dp[8 * kk + 4], dp[8 * kk + 5]);
+        da[kk][3] = pack2(dp[8 * kk + 6], dp[8 * kk + 7]);
+        const int r = wg * 64 + wl * 16 + g, c = kk * 16 + 2 * tig;
+        *reinterpret_cast<uint32_t *>(sdS + swz<BM>(r, c)) = da[kk][0];
+        *reinterpret_cast<uint32_t *>(sdS + swz<BM>(r + 8, c)) = da[kk][1];
+        *reinterpret_cast<uint32_t *>(sdS + swz<BM>(r, c + 8)) = da[kk][2];
+        *reinterpret_cast<uint32_t *>(sdS + swz<BM>(r + 8, c + 8)) = da[kk][3];
+      }
+      // 6. dK += dS^T Q (Q read MN-major).
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk)
+        wgmma_m64n64_rs<1>(dka, da[kk], wg_desc(qS + kk * 16 * RB, 1024, 1024), 1);
+      wg_commit();
+      wg_wait<0>();
+      wg_keep(dva);
+      wg_keep(dka);
+    }
+    fence_async_smem();  // dS^T, written by ordinary stores, is read by wgmma next
+    __syncthreads();
+
+    // 7. dQ += dS K for the BM q rows and head_dim columns 32 wg .. 32 wg + 31 (k = kv rows).
+    {
+      float dqa[16];
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk)
+        wgmma_m64n32_ss<1, 1>(dqa, wg_desc(sdSa + kk * 16 * RB, 1024, 1024),
+                              wg_desc(sKa + kk * 16 * RB + wg * 64, 1024, 1024), kk);
+      wg_commit();
+      wg_wait<0>();
+      wg_keep(dqa);
+      const i64 rs = (i64)hq * HD;  // dq_acc row stride
+      const int i = i0 + wl * 16 + g;
+      float *dqb = dq_acc + ((i64)b * seq + i) * rs + (i64)h * HD + wg * 32 + 2 * tig;
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        if (i < seq)
+          atomicAdd(reinterpret_cast<float2 *>(dqb + u * 8), make_float2(dqa[4 * u], dqa[4 * u + 1]));
+        if (i + 8 < seq)
+          atomicAdd(reinterpret_cast<float2 *>(dqb + 8 * rs + u * 8),
+                    make_float2(dqa[4 * u + 2], dqa[4 * u + 3]));
+      }
+    }
+    __syncthreads();  // the Q/dO stage and dS^T are rewritten next iteration
+  }
+  cp_wait<0>();
+  __syncthreads();
+
+  // Stage dK (scaled) in sK and dV in sV, this warp's rows, then 16-byte stores.
+  const int wr = wg * 64 + wl * 16;
+#pragma unroll
+  for (int t = 0; t < HD / 8; ++t) {
+    const int r = wr + g, c = t * 8 + 2 * tig;
+    *reinterpret_cast<uint32_t *>(sK + swz<HD>(r, c)) =
+        pack2(dka[4 * t] * scale, dka[4 * t + 1] * scale);
+    *reinterpret_cast<uint32_t *>(sK + swz<HD>(r + 8, c)) =
+        pack2(dka[4 * t + 2] * scale, dka[4 * t + 3] * scale);
+    *reinterpret_cast<uint32_t *>(sV + swz<HD>(r, c)) = pack2(dva[4 * t], dva[4 * t + 1]);
+    *reinterpret_cast<uint32_t *>(sV + swz<HD>(r + 8, c)) = pack2(dva[4 * t + 2], dva[4 * t + 3]);
+  }
+  __syncwarp();
+#pragma unroll
+  for (int idx = lane; idx < 16 * CH; idx += 32) {
+    const int r = idx / CH, c = (idx % CH) * 8;
+    const int j = j0 + wr + r;
+    if (j < seq) {
+      const i64 off = (((i64)b * seq + j) * hkv + hk) * HD + c;
+      *reinterpret_cast<uint4 *>(dk + off) = *reinterpret_cast<const uint4 *>(sK + swz<HD>(wr + r, c));
+      *reinterpret_cast<uint4 *>(dv + off) = *reinterpret_cast<const uint4 *>(sV + swz<HD>(wr + r, c));
+    }
+  }
+}
+#endif  // sm_90a or host pass
+
 }  // namespace
 
 // Tile sizes; the launcher (src/attention.rs) mirrors them for grids and shared memory.
@@ -759,6 +1260,7 @@ __device__ __forceinline__ void flash_bwd(
 // registers); backward BN 128, BM 64 / 32, 8 warps, 1 CTA per SM (K, V in registers / re-read).
 #define FWD_BM 128
 #define FWD_BN 64
+#define FWD_WG_BN 64
 #define BWD_BN 128
 #define BWD_BM64 64
 #define BWD_BM128 32
@@ -782,6 +1284,21 @@ FWD_KERNEL(flash_fwd_hd64, 64, 2, false, false)
 FWD_KERNEL(flash_fwd_hd64_doc, 64, 2, false, true)
 FWD_KERNEL(flash_fwd_hd128, 128, 1, true, false)
 FWD_KERNEL(flash_fwd_hd128_doc, 128, 1, true, true)
+
+// The warpgroup-MMA forward (hd 64, BN kv rows per tile). wgmma exists only in sm_90a code:
+// built for another target these kernels trap, and the launcher never picks them (build.rs
+// tells it which target the cubins have).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || !defined(__CUDA_ARCH__)
+#define FWD_WG_BODY(bn, doc) flash_fwd_wg64<bn, doc>(FWD_ARGS);
+#else
+#define FWD_WG_BODY(bn, doc) __trap();
+#endif
+#define FWD_WG_KERNEL(name, bn, doc)                                          \
+  extern "C" __global__ void __launch_bounds__(256, 2) name(FWD_PARAMS) { \
+    FWD_WG_BODY(bn, doc)                                                    \
+  }
+FWD_WG_KERNEL(flash_fwd_wg_hd64, FWD_WG_BN, false)
+FWD_WG_KERNEL(flash_fwd_wg_hd64_doc, FWD_WG_BN, true)
 
 #define PRE_PARAMS                                                                            \
   const bf16 *__restrict__ o, const bf16 *__restrict__ dout, const float *__restrict__ lse,   \
@@ -811,6 +1328,20 @@ BWD_KERNEL(flash_bwd_hd64, 64, BWD_BM64, true, false)
 BWD_KERNEL(flash_bwd_hd64_doc, 64, BWD_BM64, true, true)
 BWD_KERNEL(flash_bwd_hd128, 128, BWD_BM128, false, false)
 BWD_KERNEL(flash_bwd_hd128_doc, 128, BWD_BM128, false, true)
+
+// The warpgroup-MMA backward (hd 64); built for another target than sm_90a it traps, as the
+// forward's.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || !defined(__CUDA_ARCH__)
+#define BWD_WG_BODY(doc) flash_bwd_wg64<doc>(BWD_ARGS);
+#else
+#define BWD_WG_BODY(doc) __trap();
+#endif
+#define BWD_WG_KERNEL(name, doc)                                              \
+  extern "C" __global__ void __launch_bounds__(256, 1) name(BWD_PARAMS) { \
+    BWD_WG_BODY(doc)                                                        \
+  }
+BWD_WG_KERNEL(flash_bwd_wg_hd64, false)
+BWD_WG_KERNEL(flash_bwd_wg_hd64_doc, true)
 
 // dq (b, s, hq, hd) bf16 = dq_acc * scale; n is a multiple of 8.
 extern "C" __global__ void flash_bwd_dq_convert(const float *__restrict__ acc,

@@ -6,6 +6,12 @@
 //! copying. Outputs (`out`, `d_q`, `d_k`, `d_v`) are allocated `(b, s, h, hd)` contiguous and
 //! returned as their `.transpose(1, 2)` views, so turning them back into `(b, s, h * hd)` is
 //! free.
+//!
+//! Head dim 64 has two implementations of each pass with the same tiles and results: Hopper's
+//! warpgroup MMA (wgmma, the default where the cubins target sm_90a) and mma.sync; see
+//! [`hopper_mma`].
+
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::{DType, Tensor};
 
@@ -136,9 +142,43 @@ fn doc_ptr(q: &Tensor, doc_ids: Option<&Tensor>, d: Dims) -> Result<(u64, Option
     Ok((ptr(&doc)?, Some(doc)))
 }
 
+/// Whether this build has the warpgroup-MMA (wgmma) attention kernels: cubins built for sm_90a.
+pub const HOPPER_MMA_AVAILABLE: bool = cfg!(titan_wgmma);
+
+/// 0: not decided yet (read `TITAN_ATTN_WGMMA` on first use), 1: off, 2: on.
+static HOPPER_MMA: AtomicU8 = AtomicU8::new(0);
+
+/// Whether head-dim-64 attention runs the warpgroup-MMA kernels (default where available;
+/// `TITAN_ATTN_WGMMA=0` or [`set_hopper_mma`]`(false)` selects the mma.sync ones).
+pub fn hopper_mma() -> bool {
+    match HOPPER_MMA.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let on = HOPPER_MMA_AVAILABLE
+                && std::env::var("TITAN_ATTN_WGMMA").map_or(true, |v| v.trim() != "0");
+            HOPPER_MMA.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+            on
+        }
+    }
+}
+
+/// Chooses the head-dim-64 kernels for later calls: warpgroup MMA (`true`, only where
+/// [`HOPPER_MMA_AVAILABLE`]) or mma.sync. Both compute the same function; tests run both.
+pub fn set_hopper_mma(on: bool) {
+    let on = on && HOPPER_MMA_AVAILABLE;
+    HOPPER_MMA.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+}
+
 /// The kernel variant for `hd` (64 or 128) and mask (block-causal when `doc`).
 fn kernel_name(stage: Stage, hd: usize, doc: bool) -> &'static str {
+    let wg = hd == 64 && stage != Stage::Preprocess && hopper_mma();
     match (stage, hd == 64, doc) {
+        // Same tiles, shared memory and grids as the mma.sync kernels below.
+        (Stage::Forward, true, false) if wg => "flash_fwd_wg_hd64",
+        (Stage::Forward, true, true) if wg => "flash_fwd_wg_hd64_doc",
+        (Stage::Backward, true, false) if wg => "flash_bwd_wg_hd64",
+        (Stage::Backward, true, true) if wg => "flash_bwd_wg_hd64_doc",
         (Stage::Forward, true, false) => "flash_fwd_hd64",
         (Stage::Forward, true, true) => "flash_fwd_hd64_doc",
         (Stage::Forward, false, false) => "flash_fwd_hd128",
@@ -152,7 +192,7 @@ fn kernel_name(stage: Stage, hd: usize, doc: bool) -> &'static str {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
     Forward,
     Preprocess,

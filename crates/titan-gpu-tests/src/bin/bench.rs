@@ -171,6 +171,9 @@ fn synthetic(seed: u64, step: u64, batch: usize, seq: usize, vocab: usize) -> (V
 struct Phases {
     data: f64,
     fwd_bwd: f64,
+    /// Host time to queue forward + backward: close to `fwd_bwd` means the GPU waited on
+    /// the host (launch-bound), far below it means the GPU was the bottleneck.
+    enqueue: f64,
     optim: f64,
     total: f64,
 }
@@ -293,7 +296,11 @@ fn run() -> Result<()> {
         o.steps,
         opened.name,
         if titan_core::ops::fused::AVAILABLE && titan_core::ops::fused::enabled() {
-            "on"
+            if titan_core::ops::fused::hopper_attention() {
+                "on (hd-64 attention: wgmma)"
+            } else {
+                "on (hd-64 attention: mma.sync)"
+            }
         } else {
             "off"
         }
@@ -322,6 +329,7 @@ fn run() -> Result<()> {
             &mut NoHooks,
             MicrobatchInfo::single(),
         )?;
+        let t_enqueued = Instant::now();
         let loss = report.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         dev.synchronize()?;
         let t2 = Instant::now();
@@ -343,6 +351,7 @@ fn run() -> Result<()> {
         let p = Phases {
             data: (t1 - t0).as_secs_f64(),
             fwd_bwd: (t2 - t1).as_secs_f64(),
+            enqueue: (t_enqueued - t1).as_secs_f64(),
             optim: (t3 - t2).as_secs_f64(),
             total: (t3 - t0).as_secs_f64(),
         };
@@ -363,10 +372,11 @@ fn run() -> Result<()> {
             })
             .unwrap_or_default();
         println!(
-            "step {step:>3}  loss {loss:8.4}  grad_norm {grad_norm:7.4}  lr {lr:.2e}  {:7.1} ms (data {:.1}, fwd+bwd {:.1}, optim {:.1})  tps {:>8.0}{mem}",
+            "step {step:>3}  loss {loss:8.4}  grad_norm {grad_norm:7.4}  lr {lr:.2e}  {:7.1} ms (data {:.1}, fwd+bwd {:.1} queued in {:.1}, optim {:.1})  tps {:>8.0}{mem}",
             p.total * 1e3,
             p.data * 1e3,
             p.fwd_bwd * 1e3,
+            p.enqueue * 1e3,
             p.optim * 1e3,
             tokens_per_step / p.total
         );

@@ -49,6 +49,47 @@ pub fn set_enabled(on: bool) {
 /// Whether this build carries fused kernels at all.
 pub const AVAILABLE: bool = cfg!(feature = "cuda");
 
+/// Whether head-dim-64 flash attention has a second implementation on Hopper's warpgroup MMA
+/// (titan-kernels built for sm_90a), besides the mma.sync one.
+pub fn hopper_attention_available() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        titan_kernels::attention::HOPPER_MMA_AVAILABLE
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        false
+    }
+}
+
+/// Choose head-dim-64 flash attention's implementation for later calls: warpgroup MMA (`true`,
+/// the default where available; `TITAN_ATTN_WGMMA=0` turns it off) or mma.sync. Both compute
+/// the same function; the GPU checks run both. Returns the choice in effect.
+pub fn set_hopper_attention(on: bool) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        titan_kernels::attention::set_hopper_mma(on);
+        titan_kernels::attention::hopper_mma()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = on;
+        false
+    }
+}
+
+/// Whether head-dim-64 flash attention currently runs the warpgroup-MMA kernels.
+pub fn hopper_attention() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        titan_kernels::attention::hopper_mma()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        false
+    }
+}
+
 /// True when `t` is a bf16 CUDA tensor and fused kernels are on: the common precondition.
 pub(crate) fn applies(t: &Tensor) -> bool {
     AVAILABLE && t.device().is_cuda() && t.dtype() == DType::BF16 && enabled()
