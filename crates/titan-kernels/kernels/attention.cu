@@ -1186,9 +1186,7 @@ __device__ __forceinline__ void flash_bwd_wg64(
       for (int kk = 0; kk < BM / 16; ++kk)
         wgmma_m64n64_rs<1>(dka, da[kk], wg_desc(qS + kk * 16 * RB, 1024, 1024), 1);
       wg_commit();
-      wg_wait<0>();
-      wg_keep(dva);
-      wg_keep(dka);
+      // dV and dK stay in flight across the barrier and dQ's issue (waited for below).
     }
     fence_async_smem();  // dS^T, written by ordinary stores, is read by wgmma next
     __syncthreads();
@@ -1204,16 +1202,24 @@ __device__ __forceinline__ void flash_bwd_wg64(
       wg_commit();
       wg_wait<0>();
       wg_keep(dqa);
+      wg_keep(dva);
+      wg_keep(dka);
+      // 16-byte atomics (half the atomic instructions of the fragment's float pairs): lanes
+      // tig and tig ^ 1 swap halves so the even one holds row g, the odd one row g + 8, four
+      // consecutive columns each. These atomics are most of the dQ phase's cost.
       const i64 rs = (i64)hq * HD;  // dq_acc row stride
-      const int i = i0 + wl * 16 + g;
-      float *dqb = dq_acc + ((i64)b * seq + i) * rs + (i64)h * HD + wg * 32 + 2 * tig;
+      const int odd = tig & 1;
+      const int i = i0 + wl * 16 + g + odd * 8;
+      float *dqb = dq_acc + ((i64)b * seq + i) * rs + (i64)h * HD + wg * 32 + 4 * (tig >> 1);
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        if (i < seq)
-          atomicAdd(reinterpret_cast<float2 *>(dqb + u * 8), make_float2(dqa[4 * u], dqa[4 * u + 1]));
-        if (i + 8 < seq)
-          atomicAdd(reinterpret_cast<float2 *>(dqb + 8 * rs + u * 8),
-                    make_float2(dqa[4 * u + 2], dqa[4 * u + 3]));
+        const float s0 = odd ? dqa[4 * u] : dqa[4 * u + 2];
+        const float s1 = odd ? dqa[4 * u + 1] : dqa[4 * u + 3];
+        const float r0 = __shfl_xor_sync(kFull, s0, 1);
+        const float r1 = __shfl_xor_sync(kFull, s1, 1);
+        const float4 val = odd ? make_float4(r0, r1, dqa[4 * u + 2], dqa[4 * u + 3])
+                               : make_float4(dqa[4 * u], dqa[4 * u + 1], r0, r1);
+        if (i < seq) atomicAdd(reinterpret_cast<float4 *>(dqb + u * 8), val);
       }
     }
     __syncthreads();  // the Q/dO stage and dS^T are rewritten next iteration
