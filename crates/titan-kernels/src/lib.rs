@@ -1,6 +1,6 @@
 //! Titan's fused CUDA kernels and their launchers.
 //!
-//! Owns: the CUDA C++ sources in `kernels/` (compiled by `build.rs` to sm_90 cubins with nvcc
+//! Owns: the CUDA C++ sources in `kernels/` (compiled by `build.rs` to sm_90a cubins with nvcc
 //! when feature `cuda` is on, embedded in the binary and loaded per device on first use) and
 //! one Rust launcher per kernel that takes and returns candle tensors on the device's stream.
 //! Each launcher checks dtype, layout and sizes and returns [`Error::Unsupported`] for
