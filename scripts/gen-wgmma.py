@@ -39,7 +39,7 @@ __device__ __forceinline__ void wg_keep(float (&d)[R]) {
   for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 """)
-for N in (32, 64, 128):
+for N in (32, 64):
     R = N // 2
     dregs = ", ".join(f"%{i}" for i in range(R))
     dops = ", ".join(f'"+f"(d[{i}])' for i in range(R))

@@ -765,6 +765,9 @@ __device__ __forceinline__ void flash_fwd_wg64(const bf16 *__restrict__ q, const
                                                int hkv, i64 q_sb, i64 q_sh, i64 q_ss, i64 k_sb,
                                                i64 k_sh, i64 k_ss, i64 v_sb, i64 v_sh, i64 v_ss,
                                                float scale_log2) {
+  // 64 kv rows per tile: 128 (one m64n128 S per warpgroup) needs 158 registers, one CTA per SM,
+  // and ran slower.
+  static_assert(BN == 64, "S is one m64n64 wgmma");
   constexpr int HD = 64, BM = 128, NT = 256, CH = HD / 8;
   constexpr uint32_t RB = HD * 2;  // bytes per tile row
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -868,10 +871,7 @@ __device__ __forceinline__ void flash_fwd_wg64(const bf16 *__restrict__ q, const
       for (int kk = 0; kk < HD / 16; ++kk) {
         const uint64_t da = wg_desc(sQa + kk * 32, 16, 1024);
         const uint64_t db = wg_desc(sKa + st * BN * RB + kk * 32, 16, 1024);
-        if constexpr (BN == 128)
-          wgmma_m64n128_ss<0, 0>(s, da, db, kk);
-        else
-          wgmma_m64n64_ss<0, 0>(s, da, db, kk);
+        wgmma_m64n64_ss<0, 0>(s, da, db, kk);
       }
       wg_commit();
       wg_wait<0>();
