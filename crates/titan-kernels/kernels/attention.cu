@@ -151,6 +151,84 @@ __device__ __forceinline__ void doc_range(const uint32_t *d, int lo, int hi, int
   mx = __reduce_max_sync(kFull, z);
 }
 
+// Tile loads shared by every kernel below (cp.async, 16 bytes per copy). Rows r0 .. r0 + R - 1
+// of a row-major tensor (row stride `ss` elements) go to a swizzled [R][HD] tile; rows at or
+// past `seq` are zero-filled (src-size 0, the source stays a valid address).
+template <int HD, int R, int NT>
+__device__ __forceinline__ void load_rows(bf16 *dst, const bf16 *src, i64 ss, int r0, int seq,
+                                          int tid) {
+  constexpr int CH = HD / 8;
+  for (int idx = tid; idx < R * CH; idx += NT) {
+    const int r = idx / CH, c = (idx % CH) * 8;
+    const int i = r0 + r;
+    const bool ok = i < seq;
+    cp16(dst + swz<HD>(r, c), src + (ok ? i * ss + c : 0), ok);
+  }
+}
+
+// The same rows of two tensors (K and V, Q and dO) into two tiles, in one loop.
+template <int HD, int R, int NT>
+__device__ __forceinline__ void load_rows2(bf16 *d0, const bf16 *s0, i64 ss0, bf16 *d1,
+                                           const bf16 *s1, i64 ss1, int r0, int seq, int tid) {
+  constexpr int CH = HD / 8;
+  for (int idx = tid; idx < R * CH; idx += NT) {
+    const int r = idx / CH, c = (idx % CH) * 8;
+    const int i = r0 + r;
+    const bool ok = i < seq;
+    cp16(d0 + swz<HD>(r, c), s0 + (ok ? i * ss0 + c : 0), ok);
+    cp16(d1 + swz<HD>(r, c), s1 + (ok ? i * ss1 + c : 0), ok);
+  }
+}
+
+// Words r0 .. r0 + R - 1 of `src` (document ids), zero past `seq`.
+template <int R, int NT>
+__device__ __forceinline__ void load_words(uint32_t *dst, const uint32_t *src, int r0, int seq,
+                                           int tid) {
+  for (int r = tid; r < R; r += NT) {
+    const int i = r0 + r;
+    const bool ok = i < seq;
+    cp4(dst + r, src + (ok ? i : 0), ok);
+  }
+}
+
+// Forward with documents: the first kv tile (BN rows, of [0, n_end)) whose ids can meet those
+// of q rows [lo, hi); the tiles before it hold ids wholly outside the rows' range. Correct for
+// any ids; for packed (nondecreasing) ids it skips every fully masked tile.
+template <int BN>
+__device__ __forceinline__ int first_doc_tile(const uint32_t *docb, int lo, int hi, int n_end,
+                                              int seq, int lane) {
+  uint32_t qmn, qmx;
+  doc_range(docb, lo, hi, lane, qmn, qmx);
+  int n = 0;
+  while (n < n_end) {
+    uint32_t kmn, kmx;
+    doc_range(docb, n * BN, min(seq, n * BN + BN), lane, kmn, kmx);
+    if (kmx < qmn || kmn > qmx)
+      ++n;
+    else
+      break;
+  }
+  return n;
+}
+
+// Backward with documents: the end of q tiles (BM rows, of [m_start, m_end)) once the trailing
+// run whose ids cannot meet those of kv rows [lo, hi) is dropped.
+template <int BM>
+__device__ __forceinline__ int doc_tiles_end(const uint32_t *docb, int lo, int hi, int m_start,
+                                             int m_end, int seq, int lane) {
+  uint32_t kmn, kmx;
+  doc_range(docb, lo, hi, lane, kmn, kmx);
+  while (m_end > m_start) {
+    uint32_t qmn, qmx;
+    doc_range(docb, (m_end - 1) * BM, min(seq, m_end * BM), lane, qmn, qmx);
+    if (qmx < kmn || qmn > kmx)
+      --m_end;
+    else
+      break;
+  }
+  return m_end;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward. One CTA per (q tile of BM rows, q head, batch); NW warps own 16 rows each. K/V
 // tiles of BN rows are double-buffered with cp.async; kv tiles above the diagonal are never
@@ -186,12 +264,7 @@ __device__ __forceinline__ void flash_fwd(const bf16 *__restrict__ q, const bf16
   const bf16 *vb = v + b * v_sb + hk * v_sh;
   const uint32_t *docb = DOC ? doc + (i64)b * seq : nullptr;
 
-  for (int idx = tid; idx < BM * CH; idx += NT) {
-    const int r = idx / CH, c = (idx % CH) * 8;
-    const int i = q0 + r;
-    const bool ok = i < seq;
-    cp16(sQ + swz<HD>(r, c), qb + (ok ? i * q_ss + c : 0), ok);
-  }
+  load_rows<HD, BM, NT>(sQ, qb, q_ss, q0, seq, tid);
   cp_commit();
 
   // kv tiles [n_start, n_end): causal end; with documents, a leading run of tiles whose ids
@@ -199,38 +272,13 @@ __device__ __forceinline__ void flash_fwd(const bf16 *__restrict__ q, const bf16
   // packed (nondecreasing) ids it skips every fully masked tile.
   const int row_end = min(seq, q0 + BM);
   const int n_end = (row_end + BN - 1) / BN;
-  int n_start = 0;
-  if (DOC) {
-    uint32_t qmn, qmx;
-    doc_range(docb, q0, row_end, lane, qmn, qmx);
-    while (n_start < n_end) {
-      uint32_t kmn, kmx;
-      doc_range(docb, n_start * BN, min(seq, n_start * BN + BN), lane, kmn, kmx);
-      if (kmx < qmn || kmn > qmx)
-        ++n_start;
-      else
-        break;
-    }
-  }
+  const int n_start = DOC ? first_doc_tile<BN>(docb, q0, row_end, n_end, seq, lane) : 0;
 
   auto load_kv = [&](int n, int st) {
     const int j0 = n * BN;
-    bf16 *dk = sK + st * BN * HD;
-    bf16 *dv = sV + st * BN * HD;
-    for (int idx = tid; idx < BN * CH; idx += NT) {
-      const int r = idx / CH, c = (idx % CH) * 8;
-      const int j = j0 + r;
-      const bool ok = j < seq;
-      cp16(dk + swz<HD>(r, c), kb + (ok ? j * k_ss + c : 0), ok);
-      cp16(dv + swz<HD>(r, c), vb + (ok ? j * v_ss + c : 0), ok);
-    }
-    if (DOC) {
-      for (int r = tid; r < BN; r += NT) {
-        const int j = j0 + r;
-        const bool ok = j < seq;
-        cp4(sDoc + st * BN + r, docb + (ok ? j : 0), ok);
-      }
-    }
+    load_rows2<HD, BN, NT>(sK + st * BN * HD, kb, k_ss, sV + st * BN * HD, vb, v_ss, j0, seq,
+                           tid);
+    if (DOC) load_words<BN, NT>(sDoc + st * BN, docb, j0, seq, tid);
   };
 
   if (n_start < n_end) load_kv(n_start, 0);
@@ -475,13 +523,7 @@ __device__ __forceinline__ void flash_bwd(
   const bf16 *vb = v + b * v_sb + hk * v_sh;
   const uint32_t *docb = DOC ? doc + (i64)b * seq : nullptr;
 
-  for (int idx = tid; idx < BN * CH; idx += NT) {
-    const int r = idx / CH, c = (idx % CH) * 8;
-    const int j = j0 + r;
-    const bool ok = j < seq;
-    cp16(sK + swz<HD>(r, c), kb + (ok ? j * k_ss + c : 0), ok);
-    cp16(sV + swz<HD>(r, c), vb + (ok ? j * v_ss + c : 0), ok);
-  }
+  load_rows2<HD, BN, NT>(sK, kb, k_ss, sV, vb, v_ss, j0, seq, tid);
   cp_commit();
 
   // q tiles [m_start, m_end): from the diagonal; with documents, a trailing run of q tiles
@@ -490,16 +532,7 @@ __device__ __forceinline__ void flash_bwd(
   int m_end = (seq + BM - 1) / BM;
   uint32_t dk0 = 0, dk1 = 0;
   if (DOC) {
-    uint32_t kmn, kmx;
-    doc_range(docb, j0, min(seq, j0 + BN), lane, kmn, kmx);
-    while (m_end > m_start) {
-      uint32_t qmn, qmx;
-      doc_range(docb, (m_end - 1) * BM, min(seq, m_end * BM), lane, qmn, qmx);
-      if (qmx < kmn || qmn > kmx)
-        --m_end;
-      else
-        break;
-    }
+    m_end = doc_tiles_end<BM>(docb, j0, min(seq, j0 + BN), m_start, m_end, seq, lane);
     dk0 = jr0 < seq ? __ldg(docb + jr0) : 0xffffffffu;
     dk1 = jr0 + 8 < seq ? __ldg(docb + jr0 + 8) : 0xffffffffu;
   }
@@ -511,15 +544,8 @@ __device__ __forceinline__ void flash_bwd(
     const int i0 = (m_start + t % nm) * BM;
     const bf16 *qb = q + b * q_sb + h * q_sh;
     const bf16 *ob = dout + b * do_sb + h * do_sh;
-    bf16 *cq = sQ + st * BM * HD;
-    bf16 *co = sdO + st * BM * HD;
-    for (int idx = tid; idx < BM * CH; idx += NT) {
-      const int r = idx / CH, c = (idx % CH) * 8;
-      const int i = i0 + r;
-      const bool ok = i < seq;
-      cp16(cq + swz<HD>(r, c), qb + (ok ? i * q_ss + c : 0), ok);
-      cp16(co + swz<HD>(r, c), ob + (ok ? i * do_ss + c : 0), ok);
-    }
+    load_rows2<HD, BM, NT>(sQ + st * BM * HD, qb, q_ss, sdO + st * BM * HD, ob, do_ss, i0, seq,
+                           tid);
     // Zero-filled rows past seq give P^T = 1 there, but their dO and D are 0, so they add
     // nothing to dV, dS, dK; their dQ is not written.
     const i64 lrow = ((i64)b * hq + h) * seq;
@@ -791,48 +817,18 @@ __device__ __forceinline__ void flash_fwd_wg64(const bf16 *__restrict__ q, const
   const bf16 *vb = v + b * v_sb + hk * v_sh;
   const uint32_t *docb = DOC ? doc + (i64)b * seq : nullptr;
 
-  for (int idx = tid; idx < BM * CH; idx += NT) {
-    const int r = idx / CH, c = (idx % CH) * 8;
-    const int i = q0 + r;
-    const bool ok = i < seq;
-    cp16(sQ + swz<HD>(r, c), qb + (ok ? i * q_ss + c : 0), ok);
-  }
+  load_rows<HD, BM, NT>(sQ, qb, q_ss, q0, seq, tid);
   cp_commit();
 
   const int row_end = min(seq, q0 + BM);
   const int n_end = (row_end + BN - 1) / BN;
-  int n_start = 0;
-  if (DOC) {
-    uint32_t qmn, qmx;
-    doc_range(docb, q0, row_end, lane, qmn, qmx);
-    while (n_start < n_end) {
-      uint32_t kmn, kmx;
-      doc_range(docb, n_start * BN, min(seq, n_start * BN + BN), lane, kmn, kmx);
-      if (kmx < qmn || kmn > qmx)
-        ++n_start;
-      else
-        break;
-    }
-  }
+  const int n_start = DOC ? first_doc_tile<BN>(docb, q0, row_end, n_end, seq, lane) : 0;
 
   auto load_kv = [&](int n, int st) {
     const int j0 = n * BN;
-    bf16 *dk = sK + st * BN * HD;
-    bf16 *dv = sV + st * BN * HD;
-    for (int idx = tid; idx < BN * CH; idx += NT) {
-      const int r = idx / CH, c = (idx % CH) * 8;
-      const int j = j0 + r;
-      const bool ok = j < seq;
-      cp16(dk + swz<HD>(r, c), kb + (ok ? j * k_ss + c : 0), ok);
-      cp16(dv + swz<HD>(r, c), vb + (ok ? j * v_ss + c : 0), ok);
-    }
-    if (DOC) {
-      for (int r = tid; r < BN; r += NT) {
-        const int j = j0 + r;
-        const bool ok = j < seq;
-        cp4(sDoc + st * BN + r, docb + (ok ? j : 0), ok);
-      }
-    }
+    load_rows2<HD, BN, NT>(sK + st * BN * HD, kb, k_ss, sV + st * BN * HD, vb, v_ss, j0, seq,
+                           tid);
+    if (DOC) load_words<BN, NT>(sDoc + st * BN, docb, j0, seq, tid);
   };
 
   if (n_start < n_end) load_kv(n_start, 0);
@@ -1025,29 +1021,14 @@ __device__ __forceinline__ void flash_bwd_wg64(
   const bf16 *vb = v + b * v_sb + hk * v_sh;
   const uint32_t *docb = DOC ? doc + (i64)b * seq : nullptr;
 
-  for (int idx = tid; idx < BN * CH; idx += NT) {
-    const int r = idx / CH, c = (idx % CH) * 8;
-    const int j = j0 + r;
-    const bool ok = j < seq;
-    cp16(sK + swz<HD>(r, c), kb + (ok ? j * k_ss + c : 0), ok);
-    cp16(sV + swz<HD>(r, c), vb + (ok ? j * v_ss + c : 0), ok);
-  }
+  load_rows2<HD, BN, NT>(sK, kb, k_ss, sV, vb, v_ss, j0, seq, tid);
   cp_commit();
 
   const int m_start = j0 / BM;
   int m_end = (seq + BM - 1) / BM;
   uint32_t dk0 = 0, dk1 = 0;
   if (DOC) {
-    uint32_t kmn, kmx;
-    doc_range(docb, j0, min(seq, j0 + BN), lane, kmn, kmx);
-    while (m_end > m_start) {
-      uint32_t qmn, qmx;
-      doc_range(docb, (m_end - 1) * BM, min(seq, m_end * BM), lane, qmn, qmx);
-      if (qmx < kmn || qmn > kmx)
-        --m_end;
-      else
-        break;
-    }
+    m_end = doc_tiles_end<BM>(docb, j0, min(seq, j0 + BN), m_start, m_end, seq, lane);
     dk0 = jr0 < seq ? __ldg(docb + jr0) : 0xffffffffu;
     dk1 = jr0 + 8 < seq ? __ldg(docb + jr0 + 8) : 0xffffffffu;
   }
@@ -1059,15 +1040,8 @@ __device__ __forceinline__ void flash_bwd_wg64(
     const int i0 = (m_start + t % nm) * BM;
     const bf16 *qb = q + b * q_sb + h * q_sh;
     const bf16 *ob = dout + b * do_sb + h * do_sh;
-    bf16 *cq = sQ + st * BM * HD;
-    bf16 *co = sdO + st * BM * HD;
-    for (int idx = tid; idx < BM * CH; idx += NT) {
-      const int r = idx / CH, c = (idx % CH) * 8;
-      const int i = i0 + r;
-      const bool ok = i < seq;
-      cp16(cq + swz<HD>(r, c), qb + (ok ? i * q_ss + c : 0), ok);
-      cp16(co + swz<HD>(r, c), ob + (ok ? i * do_ss + c : 0), ok);
-    }
+    load_rows2<HD, BM, NT>(sQ + st * BM * HD, qb, q_ss, sdO + st * BM * HD, ob, do_ss, i0, seq,
+                           tid);
     const i64 lrow = ((i64)b * hq + h) * seq;
     for (int r = tid; r < BM; r += NT) {
       const int i = i0 + r;

@@ -11,6 +11,18 @@ union Vec16 {
   bf16x8 v;
 };
 
+// 8 bf16 sums, each taken in f32 and rounded once.
+__device__ __forceinline__ uint4 add8(const Vec16 &x, const Vec16 &y) {
+  float fa[8], fb[8];
+  unpack8(x.v, fa);
+  unpack8(y.v, fb);
+#pragma unroll
+  for (int k = 0; k < 8; ++k) fa[k] += fb[k];
+  Vec16 o;
+  o.v = pack8(fa);
+  return o.u;
+}
+
 // Grid-stride over vectors, two per iteration so that each thread has four loads in flight.
 extern "C" __global__ void __launch_bounds__(256)
     add_bf16(const bf16 *__restrict__ a, const bf16 *__restrict__ b, bf16 *__restrict__ out,
@@ -27,21 +39,7 @@ extern "C" __global__ void __launch_bounds__(256)
     y0.u = __ldg(bv + i);
     x1.u = second ? __ldg(av + i2) : make_uint4(0u, 0u, 0u, 0u);
     y1.u = second ? __ldg(bv + i2) : make_uint4(0u, 0u, 0u, 0u);
-    float fa[8], fb[8];
-    Vec16 o;
-    unpack8(x0.v, fa);
-    unpack8(y0.v, fb);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) fa[k] += fb[k];
-    o.v = pack8(fa);
-    ov[i] = o.u;
-    if (second) {
-      unpack8(x1.v, fa);
-      unpack8(y1.v, fb);
-#pragma unroll
-      for (int k = 0; k < 8; ++k) fa[k] += fb[k];
-      o.v = pack8(fa);
-      ov[i2] = o.u;
-    }
+    ov[i] = add8(x0, y0);
+    if (second) ov[i2] = add8(x1, y1);
   }
 }
