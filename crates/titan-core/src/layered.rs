@@ -107,6 +107,15 @@ pub trait LayeredModel: Send {
     /// The parameters of one unit (what hooks receive).
     fn unit_params_mut(&mut self, unit: UnitId) -> Vec<&mut Param>;
 
+    /// Whether `unit`'s backward reads the unit's own parameters. A sharding layer does not
+    /// gather the weights of a unit whose backward does not (an embedding's backward is a
+    /// scatter-add of the incoming gradient at the token ids: it never reads the table).
+    /// Default: it does.
+    fn backward_reads_params(&self, unit: UnitId) -> bool {
+        let _ = unit;
+        true
+    }
+
     /// Number of blocks.
     fn num_blocks(&self) -> usize {
         self.blocks().len()

@@ -3,8 +3,9 @@
 //!
 //! A parameter may exist without storage (shape-only, for model descriptions and memory
 //! estimates), with a master but no compute copy (a sharding strategy released it), or fully
-//! materialized. Modules read only [`Param::compute`] and write only [`Param::accumulate_grad`];
-//! who owns the master (a single process, or FSDP shards) is not their business.
+//! materialized. Modules read only [`Param::compute`] and write only [`Param::accumulate_grad`]
+//! (or, where the gradient's consumer takes rows, [`Param::push_row_grad`]); who owns the
+//! master (a single process, or FSDP shards) is not their business.
 
 use candle_core::{DType, Device, Shape, Tensor};
 
@@ -136,6 +137,10 @@ pub struct Param {
     master: Option<Tensor>,
     compute: Option<Tensor>,
     grad: Option<Tensor>,
+    /// Whether [`Param::push_row_grad`] may defer contributions as rows.
+    takes_row_grads: bool,
+    /// Deferred row contributions `(ids, rows)`: `grad[ids[r]] += rows[r]`.
+    row_grads: Vec<(Tensor, Tensor)>,
 }
 
 impl Param {
@@ -146,6 +151,8 @@ impl Param {
             master: None,
             compute: None,
             grad: None,
+            takes_row_grads: false,
+            row_grads: Vec::new(),
         }
     }
 
@@ -271,9 +278,60 @@ impl Param {
         self.grad.take()
     }
 
-    /// Forget the gradient.
+    /// Forget the gradient (and any deferred rows).
     pub fn zero_grad(&mut self) {
         self.grad = None;
+        self.row_grads.clear();
+    }
+
+    /// Lets [`Param::push_row_grad`] defer row contributions instead of adding them into
+    /// [`Param::grad`]. Set by the gradient's consumer when it handles rows itself: FSDP
+    /// exchanges an embedding's (ids, output-gradient rows), a few MB, and builds each rank's
+    /// row shard of the table's gradient from everyone's rows, instead of reduce-scattering a
+    /// dense f32 table gradient (1 GB for a 128K x 2048 vocabulary).
+    pub fn set_takes_row_grads(&mut self, on: bool) {
+        self.takes_row_grads = on;
+    }
+
+    /// Whether [`Param::push_row_grad`] defers rows (see [`Param::set_takes_row_grads`]).
+    pub fn takes_row_grads(&self) -> bool {
+        self.takes_row_grads
+    }
+
+    /// A row contribution to the gradient, `grad[ids[r]] += rows[r]` along dim 0: `ids` u32
+    /// `(n,)`, `rows` `(n, row_elems)` in any float dtype. Deferred if the consumer takes rows
+    /// ([`Param::set_takes_row_grads`]; it collects them with [`Param::take_row_grads`]);
+    /// otherwise the caller adds them densely (this returns `false`).
+    pub fn push_row_grad(&mut self, ids: &Tensor, rows: &Tensor) -> Result<bool> {
+        if !self.takes_row_grads {
+            return Ok(false);
+        }
+        let dims = self.spec.shape.dims();
+        let row_elems: usize = dims.iter().skip(1).product();
+        let n = ids.elem_count();
+        if dims.is_empty() || ids.dtype() != DType::U32 || rows.dims() != [n, row_elems] {
+            return Err(Error::Msg(format!(
+                "row gradient for `{}` {:?}: expected u32 ids (n,) and rows (n, {row_elems}), got ids {:?} {:?} and rows {:?}",
+                self.spec.name,
+                dims,
+                ids.dtype(),
+                ids.dims(),
+                rows.dims()
+            )));
+        }
+        self.row_grads
+            .push((ids.flatten_all()?.contiguous()?, rows.contiguous()?));
+        Ok(true)
+    }
+
+    /// The deferred row contributions, in the order they were pushed.
+    pub fn take_row_grads(&mut self) -> Vec<(Tensor, Tensor)> {
+        std::mem::take(&mut self.row_grads)
+    }
+
+    /// Whether row contributions are waiting.
+    pub fn has_row_grads(&self) -> bool {
+        !self.row_grads.is_empty()
     }
 
     fn check_shape(&self, got: &Shape) -> Result<()> {

@@ -329,8 +329,21 @@ fn embedding_checks(c: &mut Ctx) -> Result<()> {
             &(&dw_ref * 2.0)?,
             TOL_F32,
         )?;
-        let taken = fused::embedding::embedding_backward(&ids, &dd, vocab, dim)?.is_some();
-        c.taken(what, taken);
+        let flat_ids = ids.flatten_all()?;
+        let d2 = dd.reshape((batch * seq, dim))?;
+        let taken =
+            fused::embedding::embedding_backward_rows(&flat_ids, &d2, 0, vocab, dim)?.is_some();
+        c.taken(what.clone(), taken);
+        // A row shard of the gradient (FSDP builds each rank's from everyone's ids and rows):
+        // the rows [lo, lo + rows) of the whole table's.
+        let (lo, rows) = (vocab / 3, vocab / 2);
+        let shard = titan_core::ops::embedding::gradient_rows(&flat_ids, &d2, lo, rows)?;
+        c.check(
+            format!("{what} dw rows {lo}..{}", lo + rows),
+            &shard,
+            &dw_ref.narrow(0, lo, rows)?,
+            TOL_F32,
+        )?;
     }
     Ok(())
 }

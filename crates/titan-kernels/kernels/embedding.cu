@@ -1,17 +1,21 @@
-// Embedding backward: dw[ids[r], :] += d[r, :] for every row r, in f32 with atomicAdd (many
-// rows share an id, and candle's index_add is serial). dw (vocab, dim) f32 is zeroed by the
-// caller. One block per row; ids at or above `vocab` are skipped (no out-of-bounds write).
-// `vec`: dim % 8 == 0 and 16-byte aligned bases, so 16-byte loads and, on sm_90, float4
-// atomics (one atomic instruction per 4 columns).
+// Embedding backward: dw[ids[r] - lo, :] += d[r, :] for every row r whose id is in
+// [lo, lo + rows), in f32 with atomicAdd (many rows share an id, and candle's index_add is
+// serial). dw (rows, dim) f32 is zeroed by the caller: the whole table (lo = 0, rows = vocab),
+// or one rank's row shard of it (FSDP, from every rank's gathered ids and output gradients).
+// One block per row; other ids are skipped (no out-of-bounds write). `vec`: dim % 8 == 0 and
+// 16-byte aligned bases, so 16-byte loads and, on sm_90, float4 atomics (one atomic
+// instruction per 4 columns).
 #include "common.cuh"
 
 extern "C" __global__ void embedding_bwd_bf16(const unsigned int *__restrict__ ids,
                                               const bf16 *__restrict__ d, float *__restrict__ dw,
-                                              int n, int dim, int vocab, int vec) {
+                                              int n, int dim, unsigned int lo, int rows,
+                                              int vec) {
   const int row = blockIdx.x;
   if (row >= n) return;
-  const unsigned int id = ids[row];
-  if (id >= (unsigned int)vocab) return;
+  // Unsigned: ids below `lo` wrap to large values and fail the test too.
+  const unsigned int id = ids[row] - lo;
+  if (id >= (unsigned int)rows) return;
   const bf16 *dr = d + (size_t)row * dim;
   float *wr = dw + (size_t)id * dim;
   if (vec) {

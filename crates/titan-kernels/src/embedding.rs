@@ -19,6 +19,19 @@ pub fn embedding_backward(
     vocab: usize,
     dim: usize,
 ) -> Result<Tensor> {
+    embedding_backward_rows(ids, d_out, 0, vocab, dim)
+}
+
+/// [`embedding_backward`] into rows `[lo, lo + rows)` of the table only: returns
+/// `dw (rows, dim)` f32 with `dw[ids[r] - lo] += d_out[r]` for the ids in that range (a row
+/// shard's gradient, from every rank's ids and output gradients); other ids are skipped.
+pub fn embedding_backward_rows(
+    ids: &Tensor,
+    d_out: &Tensor,
+    lo: usize,
+    rows: usize,
+    dim: usize,
+) -> Result<Tensor> {
     let dev = cuda_device(KERNEL, d_out)?;
     expect(KERNEL, "ids", ids, DType::U32, true)?;
     expect(KERNEL, "d_out", d_out, DType::BF16, true)?;
@@ -29,14 +42,19 @@ pub fn embedding_backward(
             format!("d_out {:?} vs {n} ids of dim {dim}", d_out.dims()),
         );
     }
-    if n > i32::MAX as usize || dim == 0 || dim > i32::MAX as usize || vocab > i32::MAX as usize {
+    if n > i32::MAX as usize
+        || dim == 0
+        || dim > i32::MAX as usize
+        || rows > i32::MAX as usize
+        || lo > u32::MAX as usize
+    {
         return unsupported(
             KERNEL,
-            format!("{n} ids, vocab {vocab}, dim {dim} out of range"),
+            format!("{n} ids, rows {lo}..{lo}+{rows}, dim {dim} out of range"),
         );
     }
-    let dw = alloc(&dev, (vocab, dim), DType::F32, true)?;
-    if n == 0 {
+    let dw = alloc(&dev, (rows, dim), DType::F32, true)?;
+    if n == 0 || rows == 0 {
         return Ok(dw);
     }
     let f = function(&dev, &CUBIN, "embedding_bwd_bf16")?;
@@ -47,8 +65,8 @@ pub fn embedding_backward(
     } else {
         dim.next_multiple_of(32).min(256)
     };
-    let (nn, ndim, nvocab, vec) = (n as i32, dim as i32, vocab as i32, vec as i32);
-    launch!(dev, f, (n as u32, 1, 1), threads, 0; pids, pd, pdw, nn, ndim, nvocab, vec)?;
+    let (nn, ndim, nlo, nrows, vec) = (n as i32, dim as i32, lo as u32, rows as i32, vec as i32);
+    launch!(dev, f, (n as u32, 1, 1), threads, 0; pids, pd, pdw, nn, ndim, nlo, nrows, vec)?;
     Ok(dw)
 }
 

@@ -327,6 +327,11 @@ impl LayeredModel for Llama3 {
         self.tok_embeddings.backward(&saved.tokens, d_h)
     }
 
+    fn backward_reads_params(&self, unit: UnitId) -> bool {
+        // The embedding's backward scatter-adds d_h at the token ids; the table is not read.
+        unit != UnitId::Stem
+    }
+
     fn blocks(&self) -> &[LlamaBlock] {
         &self.layers
     }

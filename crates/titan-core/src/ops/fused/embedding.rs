@@ -22,12 +22,14 @@ pub fn embedding_forward(ids: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     }
 }
 
-/// The f32 weight gradient `(vocab, dim)` of an embedding lookup from the fused kernel, or
-/// `None` to use the composite.
-pub fn embedding_backward(
+/// Rows `[lo, lo + rows)` of the f32 weight gradient of an embedding lookup (the whole
+/// `(vocab, dim)` table with `lo = 0, rows = vocab`) from the fused kernel, or `None` to use
+/// the composite. Ids outside the range are skipped.
+pub fn embedding_backward_rows(
     ids: &Tensor,
     d_out: &Tensor,
-    vocab: usize,
+    lo: usize,
+    rows: usize,
     dim: usize,
 ) -> Result<Option<Tensor>> {
     if !super::applies(d_out) {
@@ -35,13 +37,13 @@ pub fn embedding_backward(
     }
     #[cfg(feature = "cuda")]
     {
-        super::lift(titan_kernels::embedding::embedding_backward(
-            ids, d_out, vocab, dim,
+        super::lift(titan_kernels::embedding::embedding_backward_rows(
+            ids, d_out, lo, rows, dim,
         ))
     }
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = (ids, vocab, dim);
+        let _ = (ids, lo, rows, dim);
         Ok(None)
     }
 }
