@@ -142,6 +142,22 @@ impl DataParallel {
         }
     }
 
+    /// Runs an optimizer step (`step`) over [`DataParallel::optimizer_params`]: under FSDP in
+    /// two calls, so the next pass's first all-gathers overlap the rest of the step
+    /// ([`Fsdp::step_and_prefetch`]; `next_pass`: whether another pass follows); otherwise in
+    /// one.
+    pub fn optimizer_step<M: Module, E: From<crate::Error>>(
+        &mut self,
+        model: &mut M,
+        next_pass: bool,
+        mut step: impl FnMut(&mut [&mut Param]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        match self {
+            Self::Fsdp(f) => f.step_and_prefetch(next_pass, step),
+            Self::Single | Self::Ddp(_) => step(&mut model.params_mut()),
+        }
+    }
+
     /// Clips gradients to a global 2-norm of `max_norm`; returns the norm before clipping.
     pub fn clip_grad_norm<M: Module>(&mut self, model: &mut M, max_norm: f64) -> Result<f64> {
         match self {

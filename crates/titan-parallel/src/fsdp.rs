@@ -16,9 +16,17 @@
 //! all-gather's output *is* the full parameter (a prefix view of it when padded) and a
 //! gradient *is* the reduce-scatter's input (padded only when the rows do not divide). A flat
 //! buffer would need a concatenation before and a split after every collective: on the 1B
-//! model that staging moved ~15 GB per step on the GPU, against a few extra NCCL launches
-//! here. Per-parameter sums add the same values in the same rank order: results are bitwise
-//! those of the flat form.
+//! model that staging moved ~15 GB per step on the GPU. A unit's per-parameter collectives
+//! are issued as one group (NCCL: one kernel launch and one handshake with the peers per unit;
+//! one per parameter made the collectives 2.5x slower inside a step). Per-parameter sums add
+//! the same values in the same rank order: results are bitwise those of the flat form.
+//!
+//! Three things keep the start and the end of a pass from waiting on the network: the first
+//! units of the next pass are gathered during the optimizer step ([`Fsdp::step_and_prefetch`]);
+//! a unit whose backward does not read its weights (the embedding:
+//! [`LayeredModel::backward_reads_params`]) is not gathered for backward; and a parameter
+//! whose backward leaves row contributions ([`Param::push_row_grad`]) exchanges those rows, not
+//! a dense gradient (see [`Fsdp`]'s `start_reduce`).
 //!
 //! With `overlap` (the default; `TITAN_FSDP_OVERLAP=0` turns it off) the collectives run
 //! asynchronously on device backends (NCCL's communication stream): `before_forward(u)` /
@@ -137,6 +145,9 @@ struct FsdpUnit {
     id: UnitId,
     params: Vec<ShardedParam>,
     reshard_after_forward: bool,
+    /// Whether the unit's backward reads its weights ([`LayeredModel::backward_reads_params`]):
+    /// if not, they are freed after forward and never gathered for backward.
+    backward_reads_params: bool,
     gathered: bool,
 }
 
@@ -144,9 +155,19 @@ struct FsdpUnit {
 #[derive(Debug)]
 struct PendingGrad {
     ui: usize,
-    /// One reduce-scatter per parameter of the unit, in the unit's order.
-    works: Vec<Work>,
+    /// One reduction per parameter of the unit, in the unit's order.
+    works: Vec<GradWork>,
     mb: MicrobatchInfo,
+}
+
+/// How one parameter's gradient travels.
+#[derive(Debug)]
+enum GradWork {
+    /// A reduce-scatter of the dense gradient.
+    Dense(Work),
+    /// All-gathers of every rank's row contributions ([`Param::take_row_grads`]: ids and
+    /// rows), from which each rank builds its own row shard of the gradient.
+    Rows { ids: Work, rows: Work },
 }
 
 /// HSDP: a unit's all-reduces over the replicas (one per shard gradient), started but not yet
@@ -172,7 +193,14 @@ pub struct Fsdp {
     pending_grads: Vec<PendingGrad>,
     /// HSDP: replica all-reduces started but not yet folded into the shard gradients.
     pending_replica: Vec<PendingReplica>,
+    /// Whether `prefetched` holds gathers [`Fsdp::step_and_prefetch`] started for the next
+    /// pass (cleared when that pass begins).
+    next_pass_prefetched: bool,
 }
+
+/// How many units [`Fsdp::step_and_prefetch`] gathers ahead of the next pass: the stem, and
+/// the first block, whose gather the stem's short forward could not hide.
+const NEXT_PASS_UNITS: usize = 2;
 
 impl Fsdp {
     /// Shards every unit of `model` over `shard_group` (HSDP when `replicate_group` has more
@@ -195,11 +223,13 @@ impl Fsdp {
         let mut names = HashSet::new();
         let mut index = HashMap::new();
         for id in ids {
-            let reshard = match cfg.reshard_after_forward {
-                ReshardAfterForward::Always => true,
-                ReshardAfterForward::Never => false,
-                ReshardAfterForward::Default => !cfg.pipeline_parallel && Some(id) != last,
-            };
+            let backward_reads_params = model.backward_reads_params(id);
+            let reshard = !backward_reads_params
+                || match cfg.reshard_after_forward {
+                    ReshardAfterForward::Always => true,
+                    ReshardAfterForward::Never => false,
+                    ReshardAfterForward::Default => !cfg.pipeline_parallel && Some(id) != last,
+                };
             let mut params = Vec::new();
             for p in model.unit_params_mut(id) {
                 let name = p.name().to_string();
@@ -214,6 +244,8 @@ impl Fsdp {
                 p.take_master();
                 p.release_compute();
                 p.zero_grad();
+                // Row gradients (an embedding's) travel as rows: see `start_reduce`.
+                p.set_takes_row_grads(n > 1);
                 params.push(ShardedParam { shard, layout });
             }
             index.insert(id, units.len());
@@ -221,6 +253,7 @@ impl Fsdp {
                 id,
                 params,
                 reshard_after_forward: reshard,
+                backward_reads_params,
                 gathered: false,
             });
         }
@@ -235,6 +268,7 @@ impl Fsdp {
             prefetched,
             pending_grads: Vec::new(),
             pending_replica: Vec::new(),
+            next_pass_prefetched: false,
         };
         fsdp.check_same_model()?;
         tracing::info!(
@@ -313,7 +347,12 @@ impl Fsdp {
     /// the next all-gathers send those instead of casting every shard again (two casts per unit
     /// and step otherwise: ~9 GB of memory traffic per step for the 1B model on 2 GPUs).
     pub fn shard_params_mut(&mut self) -> Vec<&mut Param> {
-        self.units
+        self.unit_shards_mut(0..self.units.len())
+    }
+
+    /// [`Fsdp::shard_params_mut`] of the units in `units` (by index, forward order).
+    fn unit_shards_mut(&mut self, units: std::ops::Range<usize>) -> Vec<&mut Param> {
+        self.units[units]
             .iter_mut()
             .flat_map(|u| u.params.iter_mut())
             .filter(|s| s.layout.local_rows() > 0)
@@ -322,6 +361,47 @@ impl Fsdp {
                 &mut s.shard
             })
             .collect()
+    }
+
+    /// Runs an optimizer step over [`Fsdp::shard_params_mut`] in two calls of `step`: first
+    /// the shards of the units the next pass gathers first (the stem and the first block),
+    /// then, once their all-gathers are started, the rest. The gathers then run during the
+    /// rest of the step instead of holding up the next forward (on 2 GPUs at the 1B shape the
+    /// stem's 262 MB gather was ~1.4 ms of exposed time per step). Every shard is stepped
+    /// exactly once, so the update equals one call over all shards.
+    ///
+    /// `step` should rebuild the compute copies of what it steps (titan-optim's
+    /// `step_and_refresh*`): the gathers send those; otherwise they cast the new masters.
+    /// With `next_pass = false` (the last step) or overlap off, nothing is prefetched.
+    pub fn step_and_prefetch<E: From<Error>>(
+        &mut self,
+        next_pass: bool,
+        mut step: impl FnMut(&mut [&mut Param]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let first = if next_pass && self.cfg.overlap {
+            NEXT_PASS_UNITS.min(self.units.len())
+        } else {
+            0
+        };
+        if first > 0 {
+            step(&mut self.unit_shards_mut(0..first))?;
+            for ui in 0..first {
+                self.prefetch(ui)?;
+            }
+            self.next_pass_prefetched = true;
+        }
+        let n = self.units.len();
+        step(&mut self.unit_shards_mut(first..n))
+    }
+
+    /// Drops gathers [`Fsdp::step_and_prefetch`] started for a pass that will not come with
+    /// these weights (a reload or re-initialization replaces them).
+    fn cancel_next_pass_prefetch(&mut self) {
+        if std::mem::take(&mut self.next_pass_prefetched) {
+            for w in &mut self.prefetched {
+                *w = None;
+            }
+        }
     }
 
     /// Forgets the shard gradients (after the optimizer step).
@@ -353,6 +433,7 @@ impl Fsdp {
     /// Redraws every shard with its parameter's init rule and `seed` (the values a single
     /// process would draw for those elements); clears gradients. Not during a pass.
     pub fn init_weights(&mut self, seed: u64) -> Result<()> {
+        self.cancel_next_pass_prefetch();
         self.check_between_passes("init_weights")?;
         for s in self.units.iter_mut().flat_map(|u| u.params.iter_mut()) {
             let value =
@@ -456,6 +537,7 @@ impl Fsdp {
         &mut self,
         mut read: impl FnMut(&ShardMeta) -> Result<Tensor>,
     ) -> Result<()> {
+        self.cancel_next_pass_prefetch();
         self.check_between_passes("load_sharded")?;
         let metas = self.shard_metas();
         let device = self.device.clone();
@@ -505,6 +587,7 @@ impl Fsdp {
         // Dropping in-flight work is safe: its buffers are released in stream order.
         self.pending_grads.clear();
         self.pending_replica.clear();
+        self.next_pass_prefetched = false;
         for w in &mut self.prefetched {
             *w = None;
         }
@@ -540,12 +623,13 @@ impl Fsdp {
     }
 
     /// Starts the all-gathers of unit `ui`'s shards (each in `param_dtype`, padded to the chunk
-    /// size), one per parameter. A shard's compute copy, when the optimizer step left one (see
-    /// [`Fsdp::shard_params_mut`]), is that cast already.
+    /// size), one per parameter, issued together (one NCCL group: one launch and one handshake
+    /// with the peers per unit instead of one per parameter). A shard's compute copy, when the
+    /// optimizer step left one (see [`Fsdp::shard_params_mut`]), is that cast already.
     fn start_gather(&self, ui: usize) -> Result<Vec<Work>> {
         let group = self.shard_group.as_ref();
         let dtype = self.cfg.param_dtype;
-        self.units[ui]
+        let flats = self.units[ui]
             .params
             .iter()
             .map(|s| {
@@ -553,14 +637,17 @@ impl Fsdp {
                     Ok(c) if c.dtype() == dtype => c.clone(),
                     _ => master_of(&s.shard)?.to_dtype(dtype)?,
                 };
-                let flat = padded_flat(&m, s.layout.padded_elems())?;
-                if self.cfg.overlap {
-                    group.all_gather_async(&flat)
-                } else {
-                    Ok(Work::done(group.all_gather(&flat)?))
-                }
+                padded_flat(&m, s.layout.padded_elems())
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        if self.cfg.overlap {
+            group.all_gather_many_async(&flats)
+        } else {
+            flats
+                .iter()
+                .map(|f| Ok(Work::done(group.all_gather(f)?)))
+                .collect()
+        }
     }
 
     /// Starts gathering unit `ui` ahead of its hook, if it will need it and has not started.
@@ -603,32 +690,78 @@ impl Fsdp {
         self.units[ui].gathered = false;
     }
 
-    /// Starts the reduce-scatters of unit `ui`'s full gradients (taken from `params`), one per
-    /// parameter.
-    fn start_reduce(&self, ui: usize, params: &mut [&mut Param]) -> Result<Vec<Work>> {
+    /// Starts the reductions of unit `ui`'s gradients (taken from `params`), one per parameter,
+    /// issued together as the all-gathers are: a reduce-scatter of each dense gradient, and for
+    /// a parameter whose backward left row contributions ([`Param::push_row_grad`]: an
+    /// embedding's token ids and output-gradient rows) an all-gather of those rows instead.
+    /// Every rank then scatter-adds everyone's rows into its own row shard: on the 1B model
+    /// that moves 2 x 33 MB of bf16 rows instead of reduce-scattering a 1 GB f32 table
+    /// gradient at the very end of the backward, where nothing hides it. Every rank must push
+    /// as many rows as the others (the same microbatch shape: data parallelism's case).
+    fn start_reduce(&self, ui: usize, params: &mut [&mut Param]) -> Result<Vec<GradWork>> {
         let n = self.shard_group.size();
         let rdt = self.cfg.reduce_dtype;
         let group = self.shard_group.as_ref();
         let unit = &self.units[ui];
-        unit.params
-            .iter()
-            .zip(params.iter_mut())
-            .map(|(s, p)| {
-                let g = match p.take_grad() {
-                    Some(g) => g.to_dtype(rdt)?,
-                    // Every rank must contribute the same layout; no gradient is a zero gradient.
-                    None => Tensor::zeros(s.layout.global_shape.as_slice(), rdt, &self.device)?,
-                };
-                // Padded at the end only: chunk r is rank r's rows (then zeros).
-                let flat = padded_flat(&g, n * s.layout.padded_elems())?;
-                drop(g);
-                if self.cfg.overlap {
-                    group.reduce_scatter_async(&flat, ReduceOp::Sum)
-                } else {
-                    Ok(Work::done(group.reduce_scatter(&flat, ReduceOp::Sum)?))
-                }
-            })
-            .collect()
+        let mut dense = Vec::new();
+        let mut rows = Vec::new();
+        let mut kinds = Vec::with_capacity(params.len());
+        for (s, p) in unit.params.iter().zip(params.iter_mut()) {
+            let row_grads = p.take_row_grads();
+            let grad = p.take_grad();
+            if !row_grads.is_empty() && grad.is_none() {
+                let (ids, r): (Vec<Tensor>, Vec<Tensor>) = row_grads.into_iter().unzip();
+                rows.push(Tensor::cat(&ids, 0)?);
+                rows.push(Tensor::cat(&r, 0)?);
+                kinds.push(false);
+                continue;
+            }
+            let mut g = match grad {
+                Some(g) => g.to_dtype(rdt)?,
+                // Every rank must contribute the same layout; no gradient is a zero gradient.
+                None => Tensor::zeros(s.layout.global_shape.as_slice(), rdt, &self.device)?,
+            };
+            // Rows beside a dense gradient: add them in (the rare mixed case stays dense).
+            for (ids, r) in row_grads {
+                let full_rows = s.layout.global_shape[0];
+                let add = titan_core::ops::embedding::gradient_rows(&ids, &r, 0, full_rows)?
+                    .reshape(s.layout.global_shape.as_slice())?;
+                g = (g + add.to_dtype(rdt)?)?;
+            }
+            // Padded at the end only: chunk r is rank r's rows (then zeros).
+            dense.push(padded_flat(&g, n * s.layout.padded_elems())?);
+            kinds.push(true);
+        }
+        let (mut dense_works, mut row_works) = if self.cfg.overlap {
+            (
+                group.reduce_scatter_many_async(&dense, ReduceOp::Sum)?,
+                group.all_gather_many_async(&rows)?,
+            )
+        } else {
+            (
+                dense
+                    .iter()
+                    .map(|f| Ok(Work::done(group.reduce_scatter(f, ReduceOp::Sum)?)))
+                    .collect::<Result<Vec<_>>>()?,
+                rows.iter()
+                    .map(|t| Ok(Work::done(group.all_gather(t)?)))
+                    .collect::<Result<Vec<_>>>()?,
+            )
+        };
+        dense_works.reverse();
+        row_works.reverse();
+        let mut out = Vec::with_capacity(kinds.len());
+        for is_dense in kinds {
+            let missing = || Error::Sharding("a gradient collective went missing".into());
+            out.push(if is_dense {
+                GradWork::Dense(dense_works.pop().ok_or_else(missing)?)
+            } else {
+                let ids = row_works.pop().ok_or_else(missing)?;
+                let rows = row_works.pop().ok_or_else(missing)?;
+                GradWork::Rows { ids, rows }
+            });
+        }
+        Ok(out)
     }
 
     /// Folds a finished reduce-scatter into its unit's shard gradients (and, after the last
@@ -636,13 +769,20 @@ impl Fsdp {
     fn finish_reduce(&mut self, p: PendingGrad) -> Result<()> {
         let PendingGrad { ui, works, mb } = p;
         let rdt = self.cfg.reduce_dtype;
+        let n_ranks = self.shard_group.size();
         let unit = &mut self.units[ui];
         for (s, work) in unit.params.iter_mut().zip(works) {
-            let g = work
-                .wait()?
-                .narrow(0, 0, s.layout.local_elems())?
-                .reshape(s.layout.local_shape().as_slice())?
-                .to_dtype(DType::F32)?;
+            let g = match work {
+                GradWork::Dense(work) => work
+                    .wait()?
+                    .narrow(0, 0, s.layout.local_elems())?
+                    .reshape(s.layout.local_shape().as_slice())?
+                    .to_dtype(DType::F32)?,
+                GradWork::Rows { ids, rows } => {
+                    let (ids, rows) = (ids.wait()?, rows.wait()?);
+                    shard_of_rows(&ids, &rows, n_ranks, &s.layout)?
+                }
+            };
             s.shard.accumulate_grad(&g)?;
         }
         if mb.is_last() {
@@ -659,6 +799,42 @@ impl Fsdp {
         }
         Ok(())
     }
+}
+
+/// This rank's row shard of a gradient from every rank's row contributions, gathered in rank
+/// order (`ids` `(n_ranks * k,)`, `rows` `(n_ranks * k, row_elems)`). On the host each rank's
+/// rows are added into a partial of their own and the partials summed in rank order: the
+/// arithmetic of a reduce-scatter of dense per-rank gradients, so FSDP stays bitwise equal to
+/// DDP. On CUDA one scatter-add kernel takes all rows at once; its f32 atomics fix no order
+/// of additions anyway (nor does the dense embedding backward's).
+fn shard_of_rows(
+    ids: &Tensor,
+    rows: &Tensor,
+    n_ranks: usize,
+    layout: &ShardLayout,
+) -> Result<Tensor> {
+    use titan_core::ops::embedding::gradient_rows;
+    let (lo, local) = (layout.offset(), layout.local_rows());
+    let g = if ids.device().is_cuda() || n_ranks == 1 {
+        gradient_rows(ids, rows, lo, local)?
+    } else {
+        let k = ids.elem_count() / n_ranks;
+        let mut sum: Option<Tensor> = None;
+        for q in 0..n_ranks {
+            let part = gradient_rows(
+                &ids.narrow(0, q * k, k)?,
+                &rows.narrow(0, q * k, k)?,
+                lo,
+                local,
+            )?;
+            sum = Some(match sum {
+                None => part,
+                Some(acc) => (acc + part)?,
+            });
+        }
+        sum.ok_or_else(|| Error::Sharding("a row gradient from no rank".into()))?
+    };
+    Ok(g.reshape(layout.local_shape().as_slice())?)
 }
 
 /// Starts summing the unit's shard gradients over the HSDP replicas (one all-reduce per
@@ -751,6 +927,8 @@ impl BlockHooks for Fsdp {
         _mb: MicrobatchInfo,
     ) -> titan_core::Result<()> {
         let ui = self.unit_index(unit, params)?;
+        crate::trace::mark(&self.device, || format!("forward {unit}"))?;
+        self.next_pass_prefetched = false;
         // Normally empty here: the previous pass's last unit folded everything in.
         self.finish_pending()?;
         if !(self.units[ui].gathered && params.iter().all(|p| p.has_compute())) {
@@ -782,11 +960,16 @@ impl BlockHooks for Fsdp {
         _mb: MicrobatchInfo,
     ) -> titan_core::Result<()> {
         let ui = self.unit_index(unit, params)?;
-        if !(self.units[ui].gathered && params.iter().all(|p| p.has_compute())) {
+        crate::trace::mark(&self.device, || format!("backward {unit}"))?;
+        if self.units[ui].backward_reads_params
+            && !(self.units[ui].gathered && params.iter().all(|p| p.has_compute()))
+        {
             self.gather(ui, params)?;
         }
         if let Some(prev) = ui.checked_sub(1) {
-            self.prefetch(prev)?;
+            if self.units[prev].backward_reads_params {
+                self.prefetch(prev)?;
+            }
         }
         Ok(())
     }

@@ -25,6 +25,7 @@ pub mod reduce;
 pub mod shard;
 pub mod state;
 pub mod store;
+pub mod trace;
 
 pub use clip::{clip_grad_norm_distributed, global_grad_norm, local_sq_norm};
 pub use comm::{local_world, run_local, Group, PendingWork, ProcessGroup, ReduceOp, Work};

@@ -57,6 +57,12 @@ pub enum Error {
 /// `Result` with the trainer's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl From<titan_parallel::Error> for Error {
+    fn from(e: titan_parallel::Error) -> Self {
+        Error::Msg(e.to_string())
+    }
+}
+
 macro_rules! boxed_from {
     ($($variant:ident($ty:ty)),* $(,)?) => {$(
         impl From<$ty> for Error {

@@ -152,6 +152,17 @@ impl<M: TrainableModel + LayeredModel + Module> Strategy<M> for DataParallelStra
             .expect("init_weights runs before anything else")
             .optimizer_params(model)
     }
+    fn optimizer_step(
+        &mut self,
+        model: &mut M,
+        next_pass: bool,
+        step: &mut dyn FnMut(&mut [&mut Param]) -> Result<()>,
+    ) -> Result<()> {
+        self.dp
+            .as_mut()
+            .expect("init_weights runs before anything else")
+            .optimizer_step(model, next_pass, step)
+    }
     fn global_grad_sq_norm(&mut self, model: &mut M) -> Result<f64> {
         self.dp().grad_sq_norm(model).map_err(perr)
     }

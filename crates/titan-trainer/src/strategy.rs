@@ -47,6 +47,18 @@ pub trait Strategy<M: TrainableModel>: Send {
     ) -> Result<()>;
     /// The parameters the optimizer steps on (full parameters, or this rank's shards).
     fn optimizer_params<'a>(&'a mut self, model: &'a mut M) -> Vec<&'a mut Param>;
+    /// Runs the optimizer step `step` over [`Strategy::optimizer_params`], in one call or in
+    /// several over disjoint parts (a sharding strategy starts gathering the next pass's first
+    /// units once their parameters are stepped). `next_pass`: whether another step follows.
+    fn optimizer_step(
+        &mut self,
+        model: &mut M,
+        next_pass: bool,
+        step: &mut dyn FnMut(&mut [&mut Param]) -> Result<()>,
+    ) -> Result<()> {
+        let _ = next_pass;
+        step(&mut self.optimizer_params(model))
+    }
     /// Squared L2 norm of all gradients across every rank (no double counting of replicas).
     fn global_grad_sq_norm(&mut self, model: &mut M) -> Result<f64>;
     /// Whether the optimizer step itself rebuilds the compute copies of the parameters it

@@ -290,12 +290,15 @@ fn train_checked<M: TrainableModel + 'static, S: Strategy<M>>(
     );
     let total_steps = cfg.training.steps as u64;
     let mut phases = PhaseTimes::from_env(&device.device);
+    let mut step_trace =
+        StepTrace::from_env(&device.device, dump_folder.join("trace"), strategy.rank())?;
     let mut losses = Vec::new();
     let mut window = Window::start(data.wait_time().as_secs_f64());
     let mut last_loss = f64::NAN;
     while state.step < total_steps {
         let step = state.step + 1;
         phases.start()?;
+        step_trace.start(step)?;
         // All microbatches first, so the loss can be normalized by the global valid tokens.
         let mut batches: Vec<Batch> = Vec::with_capacity(grad_accum);
         for _ in 0..grad_accum {
@@ -322,6 +325,7 @@ fn train_checked<M: TrainableModel + 'static, S: Strategy<M>>(
         }
         let scale = 1.0 / global_valid;
         phases.mark("data+tokens")?;
+        step_trace.mark("data+tokens done")?;
         let mut local_loss = 0f64;
         for (i, b) in batches.iter().enumerate() {
             let input = model.make_input(b)?;
@@ -342,9 +346,11 @@ fn train_checked<M: TrainableModel + 'static, S: Strategy<M>>(
             local_loss += report.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         }
         phases.mark("forward+backward")?;
+        step_trace.mark("forward+backward done")?;
         let tokens: u64 = batches.iter().map(|b| b.num_tokens() as u64).sum();
         let loss = strategy.all_reduce_sum(local_loss)?;
         phases.mark("loss all-reduce")?;
+        step_trace.mark("loss all-reduce done")?;
         // This rank's mean token loss, maxed over ranks (torchtitan's global_max_loss).
         let max_loss =
             strategy.all_reduce_max(local_loss * global_valid / local_valid.max(1) as f64)?;
@@ -364,24 +370,29 @@ fn train_checked<M: TrainableModel + 'static, S: Strategy<M>>(
             });
         }
         phases.mark("max loss + grad norm")?;
+        step_trace.mark("max loss + grad norm done")?;
         let lr = lr_scheduler.lr_at(step);
         {
             let refresh_in_step = strategy.refresh_in_step();
             let compute_dtype = device.compute_dtype;
-            let mut params = strategy.optimizer_params(&mut model);
             // Clipping folded into the step (one pass over the gradients instead of two);
             // the same update as clip-then-step.
             let scale = GradScale::Host(clip_coefficient(cfg.training.max_norm, grad_norm)?);
-            if refresh_in_step {
-                optimizer.step_and_refresh_with_scale(&mut params, lr, compute_dtype, &scale)?;
-            } else {
-                optimizer.step_with_scale(&mut params, lr, &scale)?;
-            }
+            let mut step_part = |params: &mut [&mut titan_core::Param]| -> Result<()> {
+                if refresh_in_step {
+                    optimizer.step_and_refresh_with_scale(params, lr, compute_dtype, &scale)?;
+                } else {
+                    optimizer.step_with_scale(params, lr, &scale)?;
+                }
+                Ok(())
+            };
+            strategy.optimizer_step(&mut model, step < total_steps, &mut step_part)?;
         }
         lr_scheduler.step();
         strategy.after_step(&mut model)?;
         phases.mark("optimizer")?;
         phases.finish(step);
+        step_trace.finish(step)?;
         state = TrainState {
             step,
             tokens_seen: state.tokens_seen + tokens * strategy.dp_world_size() as u64,
@@ -610,6 +621,84 @@ impl Window {
             batches: self.batches,
         }
     }
+}
+
+/// `TITAN_TRACE_STEP=N`: a device timeline of step N (titan-parallel's [`trace`]: NCCL
+/// collectives, FSDP unit hooks, the phases below), summarized in the log and written as Chrome
+/// trace-event JSON to `{dump_folder}/trace/step{N}_rank{r}.json` (open in ui.perfetto.dev).
+/// Records only on CUDA with the NCCL backend built in.
+///
+/// [`trace`]: titan_parallel::trace
+struct StepTrace {
+    step: Option<u64>,
+    device: candle_core::Device,
+    dir: PathBuf,
+    rank: usize,
+    open: bool,
+}
+
+impl StepTrace {
+    fn from_env(device: &candle_core::Device, dir: PathBuf, rank: usize) -> Result<Self> {
+        let step = match std::env::var("TITAN_TRACE_STEP") {
+            Err(_) => None,
+            Ok(v) if v.is_empty() => None,
+            Ok(v) => Some(v.parse::<u64>().ok().filter(|&s| s > 0).ok_or_else(|| {
+                Error::Msg(format!(
+                    "TITAN_TRACE_STEP={v:?}: expected the number of the step to trace (1 or more)"
+                ))
+            })?),
+        };
+        Ok(Self {
+            step,
+            device: device.clone(),
+            dir,
+            rank,
+            open: false,
+        })
+    }
+
+    fn start(&mut self, step: u64) -> Result<()> {
+        if self.step == Some(step) {
+            self.device.synchronize()?;
+            self.open = titan_parallel::trace::begin(&self.device).map_err(trace_err)?;
+            if !self.open {
+                tracing::warn!(
+                    "TITAN_TRACE_STEP={step}: device timelines need CUDA and the NCCL backend (feature `nccl`); not traced"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn mark(&mut self, label: &'static str) -> Result<()> {
+        if self.open {
+            titan_parallel::trace::mark(&self.device, || label.to_string()).map_err(trace_err)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, step: u64) -> Result<()> {
+        if !std::mem::take(&mut self.open) {
+            return Ok(());
+        }
+        let Some(timeline) = titan_parallel::trace::end(&self.device).map_err(trace_err)? else {
+            return Ok(());
+        };
+        for line in timeline.summary() {
+            tracing::info!("step {step} trace: {line}");
+        }
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| Error::Msg(format!("creating {}: {e}", self.dir.display())))?;
+        let path = self.dir.join(format!("step{step}_rank{}.json", self.rank));
+        std::fs::write(&path, timeline.chrome_json(self.rank))
+            .map_err(|e| Error::Msg(format!("writing {}: {e}", path.display())))?;
+        tracing::info!("step {step} trace written to {}", path.display());
+        Ok(())
+    }
+}
+
+fn trace_err(e: titan_parallel::Error) -> Error {
+    Error::Msg(format!("step trace (TITAN_TRACE_STEP): {e}"))
 }
 
 /// Per-step phase times (`TITAN_PHASE_TIMES=1`): the device is synchronized at each phase

@@ -389,6 +389,43 @@ fn asynchronous(g: &Group, dev: &Device, rep: &mut Report) -> Result<()> {
         &[512.0 * 512.0 * 512.0],
         1e-6,
     );
+
+    // Grouped (one NCCL launch for several tensors of different sizes and shapes): each result
+    // must equal its own collective's.
+    let sizes = [7usize, 1 << 16, 3000];
+    let shards = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| tensor(&scaled(r + i, k), &[k], DType::BF16, dev))
+        .collect::<Result<Vec<_>>>()?;
+    let fulls = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| tensor(&scaled(r + i, n * k), &[n, k], DType::F32, dev))
+        .collect::<Result<Vec<_>>>()?;
+    let gathers = g.all_gather_many_async(&shards)?;
+    let scatters = g.reduce_scatter_many_async(&fulls, ReduceOp::Sum)?;
+    for (i, (gw, sw)) in gathers.into_iter().zip(scatters).enumerate() {
+        let k = sizes[i];
+        let want_g: Vec<f64> = (0..n).flat_map(|q| scaled(q + i, k)).collect();
+        rep.check(
+            &format!("all_gather_many_async bf16 [{k}] (item {i})"),
+            &host(&gw.wait()?)?,
+            &want_g,
+            tol(DType::BF16),
+        );
+        // Rank q's element j is (q + i + 1) * (1 + j % 7).
+        let ranks: f64 = (0..n).map(|q| (q + i + 1) as f64).sum();
+        let want_s: Vec<f64> = (r * k..(r + 1) * k)
+            .map(|j| ranks * (1 + j % 7) as f64)
+            .collect();
+        rep.check(
+            &format!("reduce_scatter_many_async f32 [{n} x {k}] (item {i})"),
+            &host(&sw.wait()?)?,
+            &want_s,
+            1e-6,
+        );
+    }
     Ok(())
 }
 

@@ -142,6 +142,19 @@ pub trait ProcessGroup: Send + Sync + std::fmt::Debug {
     fn reduce_scatter_async(&self, t: &Tensor, op: ReduceOp) -> Result<Work> {
         self.reduce_scatter(t, op).map(Work::done)
     }
+    /// Several [`ProcessGroup::all_gather_async`]s issued together, results in order. Device
+    /// backends fuse them (NCCL: one group, one kernel launch and one handshake with the peers
+    /// for all of them; FSDP gathers a unit's parameters this way).
+    fn all_gather_many_async(&self, ts: &[Tensor]) -> Result<Vec<Work>> {
+        ts.iter().map(|t| self.all_gather_async(t)).collect()
+    }
+    /// Several [`ProcessGroup::reduce_scatter_async`]s issued together, results in order (see
+    /// [`ProcessGroup::all_gather_many_async`]).
+    fn reduce_scatter_many_async(&self, ts: &[Tensor], op: ReduceOp) -> Result<Vec<Work>> {
+        ts.iter()
+            .map(|t| self.reduce_scatter_async(t, op))
+            .collect()
+    }
 
     /// MPI-style split, collective over this group: members with the same `color` form a new
     /// group ordered by (`key`, old rank); `None` joins no group (and gets `None`).

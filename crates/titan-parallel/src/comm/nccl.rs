@@ -80,9 +80,7 @@ pub(crate) fn world(
     let ctx = compute.context().clone();
     ctx.bind_to_thread()
         .map_err(|e| driver_err(OP, "world", "binding the CUDA context", e))?;
-    let comm_stream = compute
-        .fork()
-        .map_err(|e| driver_err(OP, "world", "creating the communication stream", e))?;
+    let comm_stream = comm_stream(&compute)?;
     let watch = Arc::new(Watch {
         ctx: ctx.clone(),
         timeout_ms: AtomicU64::new(timeout.as_millis() as u64),
@@ -130,6 +128,7 @@ pub(crate) fn world(
         rank = env.rank,
         gpu = ctx.ordinal(),
         stream = if on_compute { "compute" } else { "comm" },
+        priority = comm_stream_priority()?.name(),
         nccl = %format!("{}.{}.{}", version / 10000, (version / 100) % 100, version % 100),
         nvls = %std::env::var("NCCL_NVLS_ENABLE").unwrap_or_default(),
         "NCCL backend"
@@ -275,6 +274,19 @@ impl NcclGroup {
         output: Option<Tensor>,
         nccl: impl FnOnce(ns::ncclComm_t, ns::cudaStream_t) -> std::result::Result<(), nr::NcclError>,
     ) -> Result<NcclWork> {
+        let mut works = self.launch_many(op, compute, vec![(keep, output)], nccl)?;
+        Ok(works.pop().expect("one item in, one work out"))
+    }
+
+    /// [`Self::launch`] for several buffers queued by one `nccl` call (an NCCL group): one
+    /// work per item, all finished by the same event.
+    fn launch_many(
+        &self,
+        op: &'static str,
+        compute: Arc<CudaStream>,
+        items: Vec<(Vec<Tensor>, Option<Tensor>)>,
+        nccl: impl FnOnce(ns::ncclComm_t, ns::cudaStream_t) -> std::result::Result<(), nr::NcclError>,
+    ) -> Result<Vec<NcclWork>> {
         self.rt.watch.check()?;
         let comm = self.comm.as_ref().ok_or_else(|| {
             Self::invalid(op, format!("group `{}` has no communicator", self.name))
@@ -287,6 +299,12 @@ impl NcclGroup {
         rt.ctx
             .bind_to_thread()
             .map_err(|e| cuda("binding the CUDA context", e))?;
+        let bytes = items
+            .iter()
+            .filter_map(|(keep, _)| keep.first())
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum();
+        let traced = crate::trace::issue(op, &self.name, items.len(), bytes, &compute)?;
         let stream = if rt.on_compute {
             compute.clone()
         } else {
@@ -302,18 +320,29 @@ impl NcclGroup {
                 .map_err(|e| cuda("ordering the communication stream", e))?;
             rt.comm_stream.clone()
         };
-        nccl(comm.handle, stream.cu_stream() as ns::cudaStream_t).map_err(|e| Error::Nccl {
-            op: op.into(),
-            group: self.name.clone(),
-            detail: error_text(e.0, Some(comm.handle)),
-        })?;
+        let call = || {
+            nccl(comm.handle, stream.cu_stream() as ns::cudaStream_t).map_err(|e| Error::Nccl {
+                op: op.into(),
+                group: self.name.clone(),
+                detail: error_text(e.0, Some(comm.handle)),
+            })
+        };
+        let trace = match traced {
+            Some(t) => t.around(&stream, call)?,
+            None => {
+                call()?;
+                None
+            }
+        };
         let seq = comm.issued.fetch_add(1, Ordering::SeqCst) + 1;
         let done = match stream.record_event(None) {
             Ok(ev) => Arc::new(ev),
             Err(e) => {
                 // NCCL has the buffers: they may go only once the stream is idle, else never.
                 if stream.synchronize().is_err() {
-                    keep.into_iter().chain(output).for_each(std::mem::forget);
+                    for (keep, output) in items {
+                        keep.into_iter().chain(output).for_each(std::mem::forget);
+                    }
                 }
                 return Err(cuda("recording on the communication stream", e));
             }
@@ -326,16 +355,120 @@ impl NcclGroup {
             op,
             group: self.name.clone(),
         });
-        Ok(NcclWork {
-            op,
-            group: self.name.clone(),
-            compute,
-            done,
-            keep,
-            output,
-            watch: rt.watch.clone(),
-            // On the compute stream, stream order alone keeps later work and frees after it.
-            fenced: rt.on_compute,
+        Ok(items
+            .into_iter()
+            .map(|(keep, output)| NcclWork {
+                op,
+                group: self.name.clone(),
+                compute: compute.clone(),
+                done: done.clone(),
+                keep,
+                output,
+                watch: rt.watch.clone(),
+                trace: trace.clone(),
+                // On the compute stream, stream order alone keeps later work and frees after it.
+                fenced: rt.on_compute,
+            })
+            .collect())
+    }
+
+    /// Runs `each` for every item inside one NCCL group (one kernel launch for all), closing
+    /// the group even when an item fails.
+    fn grouped(
+        n: usize,
+        mut each: impl FnMut(usize) -> std::result::Result<(), nr::NcclError>,
+    ) -> std::result::Result<(), nr::NcclError> {
+        nr::group_start()?;
+        let mut first_err = None;
+        for i in 0..n {
+            if let Err(e) = each(i) {
+                first_err = Some(e);
+                break;
+            }
+        }
+        let end = nr::group_end();
+        match first_err {
+            Some(e) => Err(e),
+            None => end.map(|_| ()),
+        }
+    }
+
+    /// All-gathers of several tensors in one NCCL group.
+    fn all_gather_many_work(&self, ts: &[Tensor]) -> Result<Vec<NcclWork>> {
+        const OP: &str = "all_gather";
+        let mut args = Vec::with_capacity(ts.len());
+        let mut items = Vec::with_capacity(ts.len());
+        let mut compute = None;
+        for t in ts {
+            let dt = nccl_dtype(OP, t.dtype())?;
+            let d0 = Self::dim0(OP, t)?;
+            let mut dims = t.dims().to_vec();
+            dims[0] = d0 * self.members.len();
+            let c = self.prepare(OP, t, Shape::from(dims))?;
+            args.push((c.src, c.dst, c.input.elem_count(), dt));
+            compute = Some(c.compute);
+            items.push((vec![c.input], Some(c.output)));
+        }
+        let Some(compute) = compute else {
+            return Ok(Vec::new());
+        };
+        self.launch_many(OP, compute, items, |comm, s| {
+            Self::grouped(args.len(), |i| {
+                let (src, dst, count, dt) = args[i];
+                // SAFETY: as in `all_gather_work`, for each item of the group.
+                unsafe {
+                    nr::all_gather(src as *const c_void, dst as *mut c_void, count, dt, comm, s)
+                }
+                .map(|_| ())
+            })
+        })
+    }
+
+    /// Reduce-scatters of several tensors in one NCCL group.
+    fn reduce_scatter_many_work(&self, ts: &[Tensor], op: ReduceOp) -> Result<Vec<NcclWork>> {
+        const OP: &str = "reduce_scatter";
+        let n = self.members.len();
+        let mut args = Vec::with_capacity(ts.len());
+        let mut items = Vec::with_capacity(ts.len());
+        let mut compute = None;
+        for t in ts {
+            let dt = nccl_dtype(OP, t.dtype())?;
+            Self::check_reduce_op(OP, t.dtype(), op)?;
+            let d0 = Self::dim0(OP, t)?;
+            if d0 % n != 0 {
+                return Err(Self::invalid(
+                    OP,
+                    format!("dim 0 has size {d0}, not a multiple of the group size {n}: pad the input to a multiple of {n} rows"),
+                ));
+            }
+            let mut dims = t.dims().to_vec();
+            dims[0] = d0 / n;
+            let c = self.prepare(OP, t, Shape::from(dims))?;
+            args.push((c.src, c.dst, c.output.elem_count(), dt));
+            compute = Some(c.compute);
+            items.push((vec![c.input], Some(c.output)));
+        }
+        let Some(compute) = compute else {
+            return Ok(Vec::new());
+        };
+        let red = nccl_op(op);
+        self.launch_many(OP, compute, items, |comm, s| {
+            Self::grouped(args.len(), |i| {
+                let (src, dst, count, dt) = args[i];
+                // SAFETY: as in `reduce_scatter_work`, for each item of the group.
+                unsafe {
+                    nr::reduce_scatter(
+                        src as *const c_void,
+                        dst as *mut c_void,
+                        count,
+                        dt,
+                        red,
+                        comm,
+                        s,
+                    )
+                }
+                .map(|_| ())
+            })
         })
     }
 
@@ -469,6 +602,29 @@ impl ProcessGroup for NcclGroup {
         }
         let w = self.reduce_scatter_work(t, op)?;
         Ok(Work::pending(Box::new(w)))
+    }
+    fn all_gather_many_async(&self, ts: &[Tensor]) -> Result<Vec<Work>> {
+        if self.members.len() == 1 || ts.len() < 2 {
+            return ts.iter().map(|t| self.all_gather_async(t)).collect();
+        }
+        Ok(self
+            .all_gather_many_work(ts)?
+            .into_iter()
+            .map(|w| Work::pending(Box::new(w)))
+            .collect())
+    }
+    fn reduce_scatter_many_async(&self, ts: &[Tensor], op: ReduceOp) -> Result<Vec<Work>> {
+        if self.members.len() == 1 || ts.len() < 2 {
+            return ts
+                .iter()
+                .map(|t| self.reduce_scatter_async(t, op))
+                .collect();
+        }
+        Ok(self
+            .reduce_scatter_many_work(ts, op)?
+            .into_iter()
+            .map(|w| Work::pending(Box::new(w)))
+            .collect())
     }
 
     fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor> {
@@ -669,5 +825,62 @@ impl ProcessGroup for NcclGroup {
             .watch
             .timeout_ms
             .store(timeout.as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Scheduling priority of the communication stream (`TITAN_NCCL_PRIORITY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamPriority {
+    /// The device's highest stream priority (the default, as PyTorch FSDP2's all-gather and
+    /// reduce-scatter streams): when a collective and compute kernels wait for SMs at the same
+    /// time, the block scheduler places the collective's blocks first, so the collective the
+    /// next unit needs is not queued behind a whole GEMM.
+    High,
+    /// The same priority as the compute stream.
+    Normal,
+}
+
+impl StreamPriority {
+    fn name(self) -> &'static str {
+        match self {
+            Self::High => "high",
+            Self::Normal => "normal",
+        }
+    }
+}
+
+fn comm_stream_priority() -> Result<StreamPriority> {
+    match std::env::var("TITAN_NCCL_PRIORITY").as_deref() {
+        Err(_) | Ok("") | Ok("high") => Ok(StreamPriority::High),
+        Ok("normal") => Ok(StreamPriority::Normal),
+        Ok(other) => Err(Error::Env {
+            var: "TITAN_NCCL_PRIORITY".into(),
+            value: other.into(),
+            reason: "expected `high` (default) or `normal`".into(),
+        }),
+    }
+}
+
+/// The world's communication stream, ordered after the compute stream's current work.
+fn comm_stream(compute: &Arc<CudaStream>) -> Result<Arc<CudaStream>> {
+    const OP: &str = "initializing the NCCL process group";
+    let fail = |what: &str, e| driver_err(OP, "world", what, e);
+    match comm_stream_priority()? {
+        StreamPriority::Normal => compute
+            .fork()
+            .map_err(|e| fail("creating the communication stream", e)),
+        StreamPriority::High => {
+            let (_least, greatest) =
+                candle_core::cuda_backend::cudarc::driver::result::stream::get_priority_range()
+                    .map_err(|e| fail("reading the stream priority range", e))?;
+            let stream = compute
+                .context()
+                .new_stream_with_priority(greatest)
+                .map_err(|e| fail("creating the communication stream", e))?;
+            stream
+                .join(compute)
+                .map_err(|e| fail("ordering the communication stream", e))?;
+            Ok(stream)
+        }
     }
 }

@@ -23,6 +23,8 @@ pub(super) struct NcclWork {
     pub(super) keep: Vec<Tensor>,
     pub(super) output: Option<Tensor>,
     pub(super) watch: Arc<Watch>,
+    /// Timing events while a [`crate::trace`] is open.
+    pub(super) trace: Option<Arc<crate::trace::CollectiveEvents>>,
     pub(super) fenced: bool,
 }
 
@@ -40,6 +42,9 @@ impl NcclWork {
     /// Orders the compute stream after the collective.
     pub(super) fn fence(&mut self) -> Result<()> {
         if !self.fenced {
+            if let Some(t) = &self.trace {
+                t.waiting(&self.compute);
+            }
             self.compute.wait(&self.done).map_err(|e| Error::Nccl {
                 op: self.op.into(),
                 group: self.group.clone(),
