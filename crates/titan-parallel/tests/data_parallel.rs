@@ -212,12 +212,21 @@ fn checkpoint_shards_reshard_from_2_ranks_to_4_and_to_1() {
                 MicrobatchInfo::single(),
             )
             .unwrap();
-        sgd(&mut dp.optimizer_params(&mut model));
+        // Stepped as the trainer does: the next pass's first units start gathering.
+        dp.optimizer_step(&mut model, true, |ps| -> titan_parallel::Result<()> {
+            sgd(ps);
+            Ok(())
+        })
+        .unwrap();
         dp.after_optimizer_step(&mut model, DType::F32).unwrap();
-        (
-            dp.sharded_state(&model).unwrap(),
-            dp.full_state(&model).unwrap(),
-        )
+        let state = dp.sharded_state(&model).unwrap();
+        // A reload drops those gathers (they carry the weights it replaces).
+        dp.load_sharded(&mut model, DType::F32, |m| cut(&state, m))
+            .unwrap();
+        if let DataParallel::Fsdp(f) = &dp {
+            assert_eq!(f.in_flight(), 0);
+        }
+        (state, dp.full_state(&model).unwrap())
     })
     .unwrap()
     .into_iter()
@@ -377,6 +386,8 @@ fn titan_optim_adamw_steps_on_shards_unchanged() {
 fn gathering_the_steps_bf16_copies_equals_casting_the_masters() {
     // AdamW writing the bf16 compute copies in its pass (FSDP and HSDP then all-gather the
     // shards' copies; DDP computes with them) gives bitwise what casting the masters gives.
+    // The refreshing runs step through `DataParallel::optimizer_step`, so under FSDP they also
+    // gather the next pass's first units during the step (asserted in `train_rank`).
     for base in [
         Layout::new(1, 2, 2),
         Layout::new(2, 2, 4),

@@ -294,7 +294,18 @@ pub fn train_rank(world: Group, layout: Layout) -> (Run, &'static str, usize) {
             Opt::Sgd | Opt::AdamW => false,
         };
         if refresh {
-            stepper.step_and_refresh(&mut dp.optimizer_params(&mut model), layout.param_dtype);
+            // The trainer's path: under FSDP the stem's and first block's shards are stepped
+            // first and gathered for the next pass during the rest of the step.
+            let next_pass = step + 1 < STEPS;
+            dp.optimizer_step(&mut model, next_pass, |ps| -> titan_parallel::Result<()> {
+                stepper.step_and_refresh(ps, layout.param_dtype);
+                Ok(())
+            })
+            .unwrap();
+            if let DataParallel::Fsdp(f) = &dp {
+                let expected = if next_pass && layout.overlap { 2 } else { 0 };
+                assert_eq!(f.in_flight(), expected, "next pass's gathers started");
+            }
             dp.after_refreshing_step(&mut model);
         } else {
             stepper.step(&mut dp.optimizer_params(&mut model));
