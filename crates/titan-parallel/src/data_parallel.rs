@@ -114,6 +114,7 @@ impl DataParallel {
                 reduce_dtype: cfg.reduce_dtype,
                 bucket_cap_mb: cfg.bucket_cap_mb,
                 broadcast_params: true,
+                overlap: cfg.overlap,
             };
             return Ok(Self::Ddp(Ddp::new(
                 model,

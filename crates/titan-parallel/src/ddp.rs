@@ -6,12 +6,18 @@
 //! `no_sync` for the others: gradients accumulate locally, then one reduction), in buckets of
 //! at most `bucket_cap_mb` per collective. Gradients are summed, not averaged: the loss is
 //! already divided by the global number of valid tokens.
+//!
+//! Overlap: on a backend that reduces in place (NCCL), each bucket's gradients are all-reduced
+//! in their own storage, asynchronously, so a unit's all-reduce runs during the next units'
+//! backward; the compute stream waits for all of them once, after the stem's backward (the
+//! last unit), before anything reads a gradient. The host backends (and `overlap = false`)
+//! reduce a bucket through one concatenated buffer at once.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use titan_core::{BlockHooks, MicrobatchInfo, Module, Param, UnitId};
 
 use crate::clip::clip_grad_norm_distributed;
-use crate::comm::{Group, ReduceOp};
+use crate::comm::{Group, ReduceOp, Work};
 use crate::{Error, Result};
 
 /// DDP options.
@@ -24,6 +30,9 @@ pub struct DdpConfig {
     /// Copy rank 0's parameters to every rank at construction (PyTorch does): replicas then
     /// start identical even if they were initialized differently.
     pub broadcast_params: bool,
+    /// Overlap the all-reduces with the rest of the backward where the backend reduces in
+    /// place (see the module docs). Default: on, unless `TITAN_FSDP_OVERLAP=0`.
+    pub overlap: bool,
 }
 
 impl Default for DdpConfig {
@@ -32,6 +41,7 @@ impl Default for DdpConfig {
             reduce_dtype: DType::F32,
             bucket_cap_mb: 100.0,
             broadcast_params: true,
+            overlap: crate::fsdp::overlap_default(),
         }
     }
 }
@@ -41,6 +51,8 @@ impl Default for DdpConfig {
 pub struct Ddp {
     group: Group,
     cfg: DdpConfig,
+    /// In-place all-reduces started and not yet waited for.
+    pending: Vec<Work>,
 }
 
 impl Ddp {
@@ -81,7 +93,11 @@ impl Ddp {
                 }
             }
         }
-        Ok(Self { group, cfg })
+        Ok(Self {
+            group,
+            cfg,
+            pending: Vec::new(),
+        })
     }
 
     /// The replicate group.
@@ -94,7 +110,50 @@ impl Ddp {
         clip_grad_norm_distributed(&mut model.params_mut(), max_norm, &[])
     }
 
-    fn all_reduce_unit(&self, params: &mut [&mut Param]) -> Result<()> {
+    /// All-reduces still in flight (zero between passes).
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Makes every gradient final: orders the compute stream after the all-reduces in flight.
+    /// The stem's `after_backward` does this; call it if a pass ends some other way.
+    pub fn finish_pending(&mut self) -> Result<()> {
+        for w in std::mem::take(&mut self.pending) {
+            w.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the in-place all-reduce of one bucket; `false` if the backend cannot (the
+    /// caller then reduces through a buffer).
+    fn start_in_place(&mut self, bucket: &mut [&mut Param], device: &Device) -> Result<bool> {
+        if !self.cfg.overlap || self.cfg.reduce_dtype != DType::F32 {
+            return Ok(false);
+        }
+        let mut grads = Vec::with_capacity(bucket.len());
+        for p in bucket.iter_mut() {
+            if p.grad().is_none() {
+                // Every rank must contribute the same layout; no gradient is a zero gradient.
+                p.set_grad(Some(Tensor::zeros(p.shape(), DType::F32, device)?))?;
+            }
+            match p.grad() {
+                Some(g) if g.dtype() == DType::F32 && g.is_contiguous() => grads.push(g.clone()),
+                _ => return Ok(false),
+            }
+        }
+        match self
+            .group
+            .all_reduce_in_place_many_async(&grads, ReduceOp::Sum)?
+        {
+            Some(works) => {
+                self.pending.extend(works);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn all_reduce_unit(&mut self, params: &mut [&mut Param]) -> Result<()> {
         let cap = ((self.cfg.bucket_cap_mb * 1e6) as usize / self.cfg.reduce_dtype.size_in_bytes())
             .max(1);
         let mut start = 0;
@@ -111,6 +170,10 @@ impl Ddp {
                 .master()
                 .map(|m| m.device().clone())
                 .unwrap_or(candle_core::Device::Cpu);
+            if self.start_in_place(bucket, &device)? {
+                start = end;
+                continue;
+            }
             let mut flat = Vec::with_capacity(bucket.len());
             for p in bucket.iter() {
                 flat.push(match p.grad() {
@@ -141,12 +204,16 @@ impl Ddp {
 impl BlockHooks for Ddp {
     fn after_backward(
         &mut self,
-        _unit: UnitId,
+        unit: UnitId,
         params: &mut [&mut Param],
         mb: MicrobatchInfo,
     ) -> titan_core::Result<()> {
         if mb.is_last() && self.group.size() > 1 {
             self.all_reduce_unit(params)?;
+        }
+        // The stem's backward is the pass's last: every gradient must be final when it returns.
+        if unit == UnitId::Stem {
+            self.finish_pending()?;
         }
         Ok(())
     }

@@ -390,6 +390,29 @@ fn asynchronous(g: &Group, dev: &Device, rep: &mut Report) -> Result<()> {
         1e-6,
     );
 
+    // In place (DDP's gradients): the tensors themselves hold the sums once waited.
+    let own = sizes_in_place()
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| tensor(&scaled(r + i, k), &[k], DType::F32, dev))
+        .collect::<Result<Vec<_>>>()?;
+    let works = g
+        .all_reduce_in_place_many_async(&own, ReduceOp::Sum)?
+        .ok_or_else(|| CheckError::Arg("NCCL declined an in-place all-reduce".into()))?;
+    for w in works {
+        w.wait()?;
+    }
+    for (i, (t, &k)) in own.iter().zip(sizes_in_place().iter()).enumerate() {
+        let ranks: f64 = (0..n).map(|q| (q + i + 1) as f64).sum();
+        let want: Vec<f64> = (0..k).map(|j| ranks * (1 + j % 7) as f64).collect();
+        rep.check(
+            &format!("all_reduce_in_place_many_async f32 [{k}] (item {i})"),
+            &host(t)?,
+            &want,
+            1e-6,
+        );
+    }
+
     // Grouped (one NCCL launch for several tensors of different sizes and shapes): each result
     // must equal its own collective's.
     let sizes = [7usize, 1 << 16, 3000];
@@ -427,6 +450,11 @@ fn asynchronous(g: &Group, dev: &Device, rep: &mut Report) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Sizes of the in-place all-reduce check: odd, large, tiny.
+fn sizes_in_place() -> [usize; 3] {
+    [1001, 1 << 20, 1]
 }
 
 /// nccl-tests' convention: `size` is the gathered (all_gather) or scattered (reduce_scatter)

@@ -155,6 +155,21 @@ pub trait ProcessGroup: Send + Sync + std::fmt::Debug {
             .map(|t| self.reduce_scatter_async(t, op))
             .collect()
     }
+    /// All-reduces each of `ts` *in its own storage*, issued together (NCCL: one group), and
+    /// returns the pending works (each yields its tensor, reduced, once waited). Until a work
+    /// is waited nothing may read or write its tensor. `None` where the backend cannot write
+    /// in place (the host backends, or a tensor it cannot address in place): the caller then
+    /// uses [`ProcessGroup::all_reduce`]. DDP reduces gradients this way: no bucket copies,
+    /// and the result is already where the optimizer reads it, so nothing has to be folded
+    /// back into parameters the next unit's hook cannot reach.
+    fn all_reduce_in_place_many_async(
+        &self,
+        ts: &[Tensor],
+        op: ReduceOp,
+    ) -> Result<Option<Vec<Work>>> {
+        let _ = (ts, op);
+        Ok(None)
+    }
 
     /// MPI-style split, collective over this group: members with the same `color` form a new
     /// group ordered by (`key`, old rank); `None` joins no group (and gets `None`).

@@ -301,7 +301,7 @@ impl NcclGroup {
             .map_err(|e| cuda("binding the CUDA context", e))?;
         let bytes = items
             .iter()
-            .filter_map(|(keep, _)| keep.first())
+            .filter_map(|(keep, out)| keep.first().or(out.as_ref()))
             .map(|t| t.elem_count() * t.dtype().size_in_bytes())
             .sum();
         let traced = crate::trace::issue(op, &self.name, items.len(), bytes, &compute)?;
@@ -422,6 +422,58 @@ impl NcclGroup {
                 .map(|_| ())
             })
         })
+    }
+
+    /// In-place all-reduces of several tensors in one NCCL group; `None` if one of them is
+    /// not a contiguous CUDA tensor NCCL can address in place.
+    fn all_reduce_in_place_many_work(
+        &self,
+        ts: &[Tensor],
+        op: ReduceOp,
+    ) -> Result<Option<Vec<NcclWork>>> {
+        const OP: &str = "all_reduce";
+        self.rt.watch.check()?;
+        let mut args = Vec::with_capacity(ts.len());
+        let mut items = Vec::with_capacity(ts.len());
+        let mut compute = None;
+        for t in ts {
+            if !t.is_contiguous() || !t.device().is_cuda() {
+                return Ok(None);
+            }
+            let dt = nccl_dtype(OP, t.dtype())?;
+            Self::check_reduce_op(OP, t.dtype(), op)?;
+            let stream = cuda_of(OP, t)?.cuda_stream();
+            let at = address(t, &stream)?;
+            args.push((at, t.elem_count(), dt));
+            compute = Some(stream);
+            // The output is the tensor itself: the work keeps it alive until waited.
+            items.push((Vec::new(), Some(t.clone())));
+        }
+        let Some(compute) = compute else {
+            return Ok(Some(Vec::new()));
+        };
+        let red = nccl_op(op);
+        let works = self.launch_many(OP, compute, items, |comm, s| {
+            Self::grouped(args.len(), |i| {
+                let (at, count, dt) = args[i];
+                // SAFETY: `at` addresses `count` elements of a tensor the work keeps alive
+                // until the compute stream has waited for it; NCCL reduces in place when the
+                // send and receive buffers are the same.
+                unsafe {
+                    nr::all_reduce(
+                        at as *const c_void,
+                        at as *mut c_void,
+                        count,
+                        dt,
+                        red,
+                        comm,
+                        s,
+                    )
+                }
+                .map(|_| ())
+            })
+        })?;
+        Ok(Some(works))
     }
 
     /// Reduce-scatters of several tensors in one NCCL group.
@@ -612,6 +664,25 @@ impl ProcessGroup for NcclGroup {
             .into_iter()
             .map(|w| Work::pending(Box::new(w)))
             .collect())
+    }
+    fn all_reduce_in_place_many_async(
+        &self,
+        ts: &[Tensor],
+        op: ReduceOp,
+    ) -> Result<Option<Vec<Work>>> {
+        if self.members.len() == 1 {
+            for t in ts {
+                nccl_dtype("all_reduce", t.dtype())?;
+                Self::check_reduce_op("all_reduce", t.dtype(), op)?;
+            }
+            return Ok(Some(ts.iter().map(|t| Work::done(t.clone())).collect()));
+        }
+        Ok(self.all_reduce_in_place_many_work(ts, op)?.map(|works| {
+            works
+                .into_iter()
+                .map(|w| Work::pending(Box::new(w)))
+                .collect()
+        }))
     }
     fn reduce_scatter_many_async(&self, ts: &[Tensor], op: ReduceOp) -> Result<Vec<Work>> {
         if self.members.len() == 1 || ts.len() < 2 {
