@@ -12,6 +12,10 @@
 //! backward; the compute stream waits for all of them once, after the stem's backward (the
 //! last unit), before anything reads a gradient. The host backends (and `overlap = false`)
 //! reduce a bucket through one concatenated buffer at once.
+//!
+//! A gradient that arrives as rows (an embedding's, [`titan_core::Param::push_row_grad`]) is
+//! summed by all-gathering every rank's rows and scatter-adding them on each rank, not by
+//! all-reducing the dense table gradient (see `reduce_rows`).
 
 use candle_core::{DType, Device, Tensor};
 use titan_core::{BlockHooks, MicrobatchInfo, Module, Param, UnitId};
@@ -77,6 +81,10 @@ impl Ddp {
                 detail: "ranks hold different models: build the same model everywhere".into(),
             });
         }
+        // Row gradients (an embedding's) travel as rows: see `reduce_rows`.
+        for p in params.iter_mut() {
+            p.set_takes_row_grads(group.size() > 1);
+        }
         if cfg.broadcast_params && group.size() > 1 {
             for p in params.iter_mut() {
                 let master = p.master().ok_or_else(|| {
@@ -122,6 +130,39 @@ impl Ddp {
             w.wait()?;
         }
         Ok(())
+    }
+
+    /// Sums the gradients that arrived as rows ([`Param::push_row_grad`]: an embedding's ids
+    /// and output-gradient rows) by all-gathering the rows (2 x 33 MB on the 1B model) and
+    /// building the summed gradient on every rank, instead of all-reducing the dense table
+    /// gradient (1 GB f32, at the very end of the backward). Returns which parameters it
+    /// handled; a parameter with both rows and a dense gradient gets its rows added locally
+    /// and is left to the all-reduce.
+    fn reduce_rows(&mut self, params: &mut [&mut Param]) -> Result<Vec<bool>> {
+        let n = self.group.size();
+        let mut handled = vec![false; params.len()];
+        for (p, done) in params.iter_mut().zip(handled.iter_mut()) {
+            if !p.has_row_grads() {
+                continue;
+            }
+            let (ids, rows) = crate::rows::concat(p.take_row_grads())?;
+            let table_rows = p.shape().dims()[0];
+            if let Some(g) = p.take_grad() {
+                let local = titan_core::ops::embedding::gradient_rows(&ids, &rows, 0, table_rows)?
+                    .reshape(p.shape())?;
+                p.set_grad(Some((g + local)?))?;
+                continue;
+            }
+            let mut works = self.group.all_gather_many_async(&[ids, rows])?.into_iter();
+            let (Some(ids), Some(rows)) = (works.next(), works.next()) else {
+                return Err(Error::Sharding("a row all-gather went missing".into()));
+            };
+            let (ids, rows) = (ids.wait()?, rows.wait()?);
+            let g = crate::rows::summed_rows(&ids, &rows, n, 0, table_rows)?.reshape(p.shape())?;
+            p.set_grad(Some(g))?;
+            *done = true;
+        }
+        Ok(handled)
     }
 
     /// Starts the in-place all-reduce of one bucket; `false` if the backend cannot (the
@@ -209,7 +250,14 @@ impl BlockHooks for Ddp {
         mb: MicrobatchInfo,
     ) -> titan_core::Result<()> {
         if mb.is_last() && self.group.size() > 1 {
-            self.all_reduce_unit(params)?;
+            let from_rows = self.reduce_rows(params)?;
+            let mut rest: Vec<&mut Param> = params
+                .iter_mut()
+                .zip(from_rows)
+                .filter(|(_, done)| !done)
+                .map(|(p, _)| &mut **p)
+                .collect();
+            self.all_reduce_unit(&mut rest)?;
         }
         // The stem's backward is the pass's last: every gradient must be final when it returns.
         if unit == UnitId::Stem {

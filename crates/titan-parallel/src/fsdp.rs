@@ -710,9 +710,9 @@ impl Fsdp {
             let row_grads = p.take_row_grads();
             let grad = p.take_grad();
             if !row_grads.is_empty() && grad.is_none() {
-                let (ids, r): (Vec<Tensor>, Vec<Tensor>) = row_grads.into_iter().unzip();
-                rows.push(Tensor::cat(&ids, 0)?);
-                rows.push(Tensor::cat(&r, 0)?);
+                let (ids, r) = crate::rows::concat(row_grads)?;
+                rows.push(ids);
+                rows.push(r);
                 kinds.push(false);
                 continue;
             }
@@ -780,7 +780,14 @@ impl Fsdp {
                     .to_dtype(DType::F32)?,
                 GradWork::Rows { ids, rows } => {
                     let (ids, rows) = (ids.wait()?, rows.wait()?);
-                    shard_of_rows(&ids, &rows, n_ranks, &s.layout)?
+                    crate::rows::summed_rows(
+                        &ids,
+                        &rows,
+                        n_ranks,
+                        s.layout.offset(),
+                        s.layout.local_rows(),
+                    )?
+                    .reshape(s.layout.local_shape().as_slice())?
                 }
             };
             s.shard.accumulate_grad(&g)?;
@@ -799,42 +806,6 @@ impl Fsdp {
         }
         Ok(())
     }
-}
-
-/// This rank's row shard of a gradient from every rank's row contributions, gathered in rank
-/// order (`ids` `(n_ranks * k,)`, `rows` `(n_ranks * k, row_elems)`). On the host each rank's
-/// rows are added into a partial of their own and the partials summed in rank order: the
-/// arithmetic of a reduce-scatter of dense per-rank gradients, so FSDP stays bitwise equal to
-/// DDP. On CUDA one scatter-add kernel takes all rows at once; its f32 atomics fix no order
-/// of additions anyway (nor does the dense embedding backward's).
-fn shard_of_rows(
-    ids: &Tensor,
-    rows: &Tensor,
-    n_ranks: usize,
-    layout: &ShardLayout,
-) -> Result<Tensor> {
-    use titan_core::ops::embedding::gradient_rows;
-    let (lo, local) = (layout.offset(), layout.local_rows());
-    let g = if ids.device().is_cuda() || n_ranks == 1 {
-        gradient_rows(ids, rows, lo, local)?
-    } else {
-        let k = ids.elem_count() / n_ranks;
-        let mut sum: Option<Tensor> = None;
-        for q in 0..n_ranks {
-            let part = gradient_rows(
-                &ids.narrow(0, q * k, k)?,
-                &rows.narrow(0, q * k, k)?,
-                lo,
-                local,
-            )?;
-            sum = Some(match sum {
-                None => part,
-                Some(acc) => (acc + part)?,
-            });
-        }
-        sum.ok_or_else(|| Error::Sharding("a row gradient from no rank".into()))?
-    };
-    Ok(g.reshape(layout.local_shape().as_slice())?)
 }
 
 /// Starts summing the unit's shard gradients over the HSDP replicas (one all-reduce per

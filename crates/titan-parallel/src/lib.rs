@@ -22,6 +22,7 @@ pub mod init;
 pub mod launch;
 pub mod mesh;
 pub mod reduce;
+mod rows;
 pub mod shard;
 pub mod state;
 pub mod store;
