@@ -80,7 +80,8 @@ pub(crate) fn world(
     let ctx = compute.context().clone();
     ctx.bind_to_thread()
         .map_err(|e| driver_err(OP, "world", "binding the CUDA context", e))?;
-    let comm_stream = comm_stream(&compute)?;
+    let priority = comm_stream_priority()?;
+    let comm_stream = comm_stream(&compute, priority)?;
     let watch = Arc::new(Watch {
         ctx: ctx.clone(),
         timeout_ms: AtomicU64::new(timeout.as_millis() as u64),
@@ -128,7 +129,7 @@ pub(crate) fn world(
         rank = env.rank,
         gpu = ctx.ordinal(),
         stream = if on_compute { "compute" } else { "comm" },
-        priority = comm_stream_priority()?.name(),
+        priority = priority.name(),
         nccl = %format!("{}.{}.{}", version / 10000, (version / 100) % 100, version % 100),
         nvls = %std::env::var("NCCL_NVLS_ENABLE").unwrap_or_default(),
         "NCCL backend"
@@ -393,7 +394,8 @@ impl NcclGroup {
         }
     }
 
-    /// All-gathers of several tensors in one NCCL group.
+    /// All-gathers of several tensors in one NCCL group (one kernel launch; a single
+    /// all-gather is a group of one).
     fn all_gather_many_work(&self, ts: &[Tensor]) -> Result<Vec<NcclWork>> {
         const OP: &str = "all_gather";
         let mut args = Vec::with_capacity(ts.len());
@@ -415,7 +417,8 @@ impl NcclGroup {
         self.launch_many(OP, compute, items, |comm, s| {
             Self::grouped(args.len(), |i| {
                 let (src, dst, count, dt) = args[i];
-                // SAFETY: as in `all_gather_work`, for each item of the group.
+                // SAFETY: `src` holds `count` elements, `dst` `count * size`; the work keeps
+                // both alive until the compute stream has waited for the collective.
                 unsafe {
                     nr::all_gather(src as *const c_void, dst as *mut c_void, count, dt, comm, s)
                 }
@@ -476,7 +479,7 @@ impl NcclGroup {
         Ok(Some(works))
     }
 
-    /// Reduce-scatters of several tensors in one NCCL group.
+    /// Reduce-scatters of several tensors in one NCCL group (a single one is a group of one).
     fn reduce_scatter_many_work(&self, ts: &[Tensor], op: ReduceOp) -> Result<Vec<NcclWork>> {
         const OP: &str = "reduce_scatter";
         let n = self.members.len();
@@ -507,7 +510,8 @@ impl NcclGroup {
         self.launch_many(OP, compute, items, |comm, s| {
             Self::grouped(args.len(), |i| {
                 let (src, dst, count, dt) = args[i];
-                // SAFETY: as in `reduce_scatter_work`, for each item of the group.
+                // SAFETY: `src` holds `count * size` elements, `dst` `count`; the work keeps
+                // both alive until the compute stream has waited for the collective.
                 unsafe {
                     nr::reduce_scatter(
                         src as *const c_void,
@@ -549,52 +553,19 @@ impl NcclGroup {
     }
 
     fn all_gather_work(&self, t: &Tensor) -> Result<NcclWork> {
-        const OP: &str = "all_gather";
-        let dt = nccl_dtype(OP, t.dtype())?;
-        let d0 = Self::dim0(OP, t)?;
-        let mut dims = t.dims().to_vec();
-        dims[0] = d0 * self.members.len();
-        let c = self.prepare(OP, t, Shape::from(dims))?;
-        let (src, dst, count) = (c.src, c.dst, c.input.elem_count());
-        self.launch(c.op, c.compute, vec![c.input], Some(c.output), |comm, s| {
-            // SAFETY: `src` holds `count` elements, `dst` `count * size`; both stay alive until
-            // the compute stream has waited for the collective.
-            unsafe { nr::all_gather(src as *const c_void, dst as *mut c_void, count, dt, comm, s) }
-                .map(|_| ())
-        })
+        Self::one(self.all_gather_many_work(std::slice::from_ref(t))?)
     }
 
     fn reduce_scatter_work(&self, t: &Tensor, op: ReduceOp) -> Result<NcclWork> {
-        const OP: &str = "reduce_scatter";
-        let dt = nccl_dtype(OP, t.dtype())?;
-        Self::check_reduce_op(OP, t.dtype(), op)?;
-        let d0 = Self::dim0(OP, t)?;
-        let n = self.members.len();
-        if d0 % n != 0 {
-            return Err(Self::invalid(
-                OP,
-                format!("dim 0 has size {d0}, not a multiple of the group size {n}: pad the input to a multiple of {n} rows"),
-            ));
-        }
-        let mut dims = t.dims().to_vec();
-        dims[0] = d0 / n;
-        let c = self.prepare(OP, t, Shape::from(dims))?;
-        let (src, dst, count, red) = (c.src, c.dst, c.output.elem_count(), nccl_op(op));
-        self.launch(c.op, c.compute, vec![c.input], Some(c.output), |comm, s| {
-            // SAFETY: `src` holds `count * size` elements, `dst` `count`; both stay alive
-            // until the compute stream has waited for the collective.
-            unsafe {
-                nr::reduce_scatter(
-                    src as *const c_void,
-                    dst as *mut c_void,
-                    count,
-                    dt,
-                    red,
-                    comm,
-                    s,
-                )
-            }
-            .map(|_| ())
+        Self::one(self.reduce_scatter_many_work(std::slice::from_ref(t), op)?)
+    }
+
+    /// The work of a one-tensor group.
+    fn one(mut works: Vec<NcclWork>) -> Result<NcclWork> {
+        works.pop().ok_or_else(|| Error::Nccl {
+            op: "collective".into(),
+            group: String::new(),
+            detail: "a one-tensor collective returned no work".into(),
         })
     }
 }
@@ -656,7 +627,7 @@ impl ProcessGroup for NcclGroup {
         Ok(Work::pending(Box::new(w)))
     }
     fn all_gather_many_async(&self, ts: &[Tensor]) -> Result<Vec<Work>> {
-        if self.members.len() == 1 || ts.len() < 2 {
+        if self.members.len() == 1 {
             return ts.iter().map(|t| self.all_gather_async(t)).collect();
         }
         Ok(self
@@ -685,7 +656,7 @@ impl ProcessGroup for NcclGroup {
         }))
     }
     fn reduce_scatter_many_async(&self, ts: &[Tensor], op: ReduceOp) -> Result<Vec<Work>> {
-        if self.members.len() == 1 || ts.len() < 2 {
+        if self.members.len() == 1 {
             return ts
                 .iter()
                 .map(|t| self.reduce_scatter_async(t, op))
@@ -933,10 +904,10 @@ fn comm_stream_priority() -> Result<StreamPriority> {
 }
 
 /// The world's communication stream, ordered after the compute stream's current work.
-fn comm_stream(compute: &Arc<CudaStream>) -> Result<Arc<CudaStream>> {
+fn comm_stream(compute: &Arc<CudaStream>, priority: StreamPriority) -> Result<Arc<CudaStream>> {
     const OP: &str = "initializing the NCCL process group";
     let fail = |what: &str, e| driver_err(OP, "world", what, e);
-    match comm_stream_priority()? {
+    match priority {
         StreamPriority::Normal => compute
             .fork()
             .map_err(|e| fail("creating the communication stream", e)),
