@@ -10,21 +10,11 @@ pub(crate) const CUBIN: Cubin = cubin!("embedding");
 const KERNEL: &str = "embedding_backward";
 
 /// `ids` (u32, any shape, n elements, contiguous) and `d_out` (bf16 contiguous, n * `dim`
-/// elements, last dim `dim`): returns `dw (vocab, dim)` f32 with `dw[ids[r]] += d_out[r]`
-/// (f32 atomics, so the order of the additions, hence the last bits, may vary between runs).
-/// Ids `>= vocab` are skipped.
-pub fn embedding_backward(
-    ids: &Tensor,
-    d_out: &Tensor,
-    vocab: usize,
-    dim: usize,
-) -> Result<Tensor> {
-    embedding_backward_rows(ids, d_out, 0, vocab, dim)
-}
-
-/// [`embedding_backward`] into rows `[lo, lo + rows)` of the table only: returns
-/// `dw (rows, dim)` f32 with `dw[ids[r] - lo] += d_out[r]` for the ids in that range (a row
-/// shard's gradient, from every rank's ids and output gradients); other ids are skipped.
+/// elements, last dim `dim`): returns rows `[lo, lo + rows)` of the embedding's weight
+/// gradient, `dw (rows, dim)` f32 with `dw[ids[r] - lo] += d_out[r]` for the ids in that range
+/// (the whole table with `lo = 0, rows = vocab`; a row shard's from every rank's ids and output
+/// gradients). Other ids are skipped. f32 atomics: the order of the additions, hence the last
+/// bits, may vary between runs.
 pub fn embedding_backward_rows(
     ids: &Tensor,
     d_out: &Tensor,

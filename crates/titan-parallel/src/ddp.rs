@@ -146,13 +146,12 @@ impl Ddp {
                 continue;
             }
             let (ids, rows) = crate::rows::concat(p.take_row_grads())?;
-            let table_rows = p.shape().dims()[0];
             if let Some(g) = p.take_grad() {
-                let local = titan_core::ops::embedding::gradient_rows(&ids, &rows, 0, table_rows)?
-                    .reshape(p.shape())?;
+                let local = crate::rows::dense(&ids, &rows, p.shape().dims())?;
                 p.set_grad(Some((g + local)?))?;
                 continue;
             }
+            let table_rows = p.shape().dims()[0];
             let mut works = self.group.all_gather_many_async(&[ids, rows])?.into_iter();
             let (Some(ids), Some(rows)) = (works.next(), works.next()) else {
                 return Err(Error::Sharding("a row all-gather went missing".into()));

@@ -722,10 +722,9 @@ impl Fsdp {
                 None => Tensor::zeros(s.layout.global_shape.as_slice(), rdt, &self.device)?,
             };
             // Rows beside a dense gradient: add them in (the rare mixed case stays dense).
-            for (ids, r) in row_grads {
-                let full_rows = s.layout.global_shape[0];
-                let add = titan_core::ops::embedding::gradient_rows(&ids, &r, 0, full_rows)?
-                    .reshape(s.layout.global_shape.as_slice())?;
+            if !row_grads.is_empty() {
+                let (ids, r) = crate::rows::concat(row_grads)?;
+                let add = crate::rows::dense(&ids, &r, &s.layout.global_shape)?;
                 g = (g + add.to_dtype(rdt)?)?;
             }
             // Padded at the end only: chunk r is rank r's rows (then zeros).

@@ -41,6 +41,13 @@ pub(crate) fn summed_rows(
     sum.ok_or_else(|| Error::Sharding("a row gradient from no rank".into()))
 }
 
+/// The dense gradient `shape` (f32) of row contributions on this rank alone: for a
+/// parameter that also has a dense gradient (the rare mixed case), which then stays dense.
+pub(crate) fn dense(ids: &Tensor, rows: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    let table_rows = shape.first().copied().unwrap_or(0);
+    Ok(gradient_rows(ids, rows, 0, table_rows)?.reshape(shape)?)
+}
+
 /// Concatenates a parameter's deferred row contributions into one `(ids, rows)` pair.
 pub(crate) fn concat(parts: Vec<(Tensor, Tensor)>) -> Result<(Tensor, Tensor)> {
     let (ids, rows): (Vec<Tensor>, Vec<Tensor>) = parts.into_iter().unzip();
