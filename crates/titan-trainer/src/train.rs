@@ -289,16 +289,16 @@ fn train_checked<M: TrainableModel + 'static, S: Strategy<M>>(
         ac
     );
     let total_steps = cfg.training.steps as u64;
-    let mut phases = PhaseTimes::from_env(&device.device);
-    let mut step_trace =
-        StepTrace::from_env(&device.device, dump_folder.join("trace"), strategy.rank())?;
+    let mut phases = PhaseTimes::from_env(
+        &device.device,
+        StepTrace::from_env(&device.device, dump_folder.join("trace"), strategy.rank())?,
+    );
     let mut losses = Vec::new();
     let mut window = Window::start(data.wait_time().as_secs_f64());
     let mut last_loss = f64::NAN;
     while state.step < total_steps {
         let step = state.step + 1;
-        phases.start()?;
-        step_trace.start(step)?;
+        phases.start(step)?;
         // All microbatches first, so the loss can be normalized by the global valid tokens.
         let mut batches: Vec<Batch> = Vec::with_capacity(grad_accum);
         for _ in 0..grad_accum {
@@ -325,7 +325,6 @@ fn train_checked<M: TrainableModel + 'static, S: Strategy<M>>(
         }
         let scale = 1.0 / global_valid;
         phases.mark("data+tokens")?;
-        step_trace.mark("data+tokens done")?;
         let mut local_loss = 0f64;
         for (i, b) in batches.iter().enumerate() {
             let input = model.make_input(b)?;
@@ -346,11 +345,9 @@ fn train_checked<M: TrainableModel + 'static, S: Strategy<M>>(
             local_loss += report.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         }
         phases.mark("forward+backward")?;
-        step_trace.mark("forward+backward done")?;
         let tokens: u64 = batches.iter().map(|b| b.num_tokens() as u64).sum();
         let loss = strategy.all_reduce_sum(local_loss)?;
         phases.mark("loss all-reduce")?;
-        step_trace.mark("loss all-reduce done")?;
         // This rank's mean token loss, maxed over ranks (torchtitan's global_max_loss).
         let max_loss =
             strategy.all_reduce_max(local_loss * global_valid / local_valid.max(1) as f64)?;
@@ -370,7 +367,6 @@ fn train_checked<M: TrainableModel + 'static, S: Strategy<M>>(
             });
         }
         phases.mark("max loss + grad norm")?;
-        step_trace.mark("max loss + grad norm done")?;
         let lr = lr_scheduler.lr_at(step);
         {
             let refresh_in_step = strategy.refresh_in_step();
@@ -391,8 +387,7 @@ fn train_checked<M: TrainableModel + 'static, S: Strategy<M>>(
         lr_scheduler.step();
         strategy.after_step(&mut model)?;
         phases.mark("optimizer")?;
-        phases.finish(step);
-        step_trace.finish(step)?;
+        phases.finish(step)?;
         state = TrainState {
             step,
             tokens_seen: state.tokens_seen + tokens * strategy.dp_world_size() as u64,
@@ -670,9 +665,10 @@ impl StepTrace {
         Ok(())
     }
 
-    fn mark(&mut self, label: &'static str) -> Result<()> {
+    fn mark(&mut self, phase: &'static str) -> Result<()> {
         if self.open {
-            titan_parallel::trace::mark(&self.device, || label.to_string()).map_err(trace_err)?;
+            titan_parallel::trace::mark(&self.device, || format!("{phase} done"))
+                .map_err(trace_err)?;
         }
         Ok(())
     }
@@ -703,24 +699,28 @@ fn trace_err(e: titan_parallel::Error) -> Error {
 
 /// Per-step phase times (`TITAN_PHASE_TIMES=1`): the device is synchronized at each phase
 /// boundary, so the phases add up to the step, at the cost of the overlap between them (use
-/// it to find where time goes, not to measure throughput).
+/// it to find where time goes, not to measure throughput). The same phase boundaries mark the
+/// traced step's timeline ([`StepTrace`]).
 struct PhaseTimes {
     device: Option<candle_core::Device>,
     at: std::time::Instant,
     marks: Vec<(&'static str, f64)>,
+    trace: StepTrace,
 }
 
 impl PhaseTimes {
-    fn from_env(device: &candle_core::Device) -> Self {
+    fn from_env(device: &candle_core::Device, trace: StepTrace) -> Self {
         let on = std::env::var("TITAN_PHASE_TIMES").is_ok_and(|v| v == "1");
         Self {
             device: on.then(|| device.clone()),
             at: std::time::Instant::now(),
             marks: Vec::new(),
+            trace,
         }
     }
 
-    fn start(&mut self) -> Result<()> {
+    fn start(&mut self, step: u64) -> Result<()> {
+        self.trace.start(step)?;
         if let Some(d) = &self.device {
             d.synchronize()?;
             self.marks.clear();
@@ -730,6 +730,7 @@ impl PhaseTimes {
     }
 
     fn mark(&mut self, phase: &'static str) -> Result<()> {
+        self.trace.mark(phase)?;
         if let Some(d) = &self.device {
             d.synchronize()?;
             let now = std::time::Instant::now();
@@ -740,7 +741,7 @@ impl PhaseTimes {
         Ok(())
     }
 
-    fn finish(&mut self, step: u64) {
+    fn finish(&mut self, step: u64) -> Result<()> {
         if self.device.is_some() {
             let total: f64 = self.marks.iter().map(|(_, ms)| ms).sum();
             let parts: Vec<String> = self
@@ -750,5 +751,6 @@ impl PhaseTimes {
                 .collect();
             tracing::info!("step {step} phases (ms): {} = {total:.1}", parts.join(", "));
         }
+        self.trace.finish(step)
     }
 }
